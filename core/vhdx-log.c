@@ -1,0 +1,1 @@
+/* placeholder: the VHDX log replay lands here */
