@@ -24,9 +24,10 @@
 #include "error.h"
 #include "layer.h"
 #include "utf16.h"
+#include "vhd.h"
 
-#define FOOTER_SIZE     512
-#define HEADER_SIZE     1024
+#define FOOTER_SIZE     VHD_FOOTER_SIZE
+#define HEADER_SIZE     VHD_HEADER_SIZE
 #define VHD_MAX_SIZE    (UINT64_C (2040) << 30)  /* VHD spec: 2040 GiB */
 #define LOCATOR_MAX     65536                    /* bound on one payload */
 #define BAT_UNUSED      UINT32_C (0xFFFFFFFF)
@@ -39,13 +40,14 @@ struct vhd {
   uint32_t bat_entries;         /* entries that matter: nr_blocks */
   uint32_t bitmap_size;         /* bytes before each block's data */
   uint64_t data_end;            /* trailing footer offset, or EOF */
+  uint32_t chs;
   uint64_t chs_size;
 };
 
 /* A byte range some structure occupies, for the overlap checks. */
 struct extent { uint64_t start, end; const char *what; };
 
-static uint32_t
+uint32_t
 vhd_checksum (const uint8_t *p, size_t len, size_t csum_off)
 {
   uint32_t sum = 0;
@@ -173,6 +175,7 @@ parse_footer (struct layer *l, const struct layer_opts *opts,
   for (int i = 0; i < 4; i++)   /* creator codes may hold NULs: make text */
     if (l->creator[i] < 0x20 || l->creator[i] > 0x7E)
       l->creator[i] = ' ';
+  v->chs = get_be32 (f + 56);
   v->chs_size = chs_size (f);
   return 0;
 }
@@ -556,9 +559,11 @@ vhd_open (struct layer *l, const struct layer_opts *opts)
   return r;
 }
 
-/* For info: the size a CHS-trusting reader (QEMU for 'vpc ') would see. */
-uint64_t
-vhd_chs_size (const struct layer *l)
+void
+vhd_layout (const struct layer *l, struct vhd_layout *out)
 {
-  return l->format == FMT_VHD ? ((struct vhd *) l->priv)->chs_size : 0;
+  const struct vhd *v = l->priv;
+
+  *out = (struct vhd_layout) { v->bat_off, v->bat_entries, v->bitmap_size,
+                               v->data_end, v->chs, v->chs_size };
 }

@@ -7,6 +7,8 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +21,7 @@
 #include "error.h"
 #include "io.h"
 #include "map.h"
+#include "overlay.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 
@@ -27,6 +30,9 @@ static struct chain_opts opts;
 static enum io_engine io_engine = IO_AUTO;
 static struct chain *chain;
 static struct map *map;
+static char *keep_path;
+static struct overlay *_Atomic overlay;   /* created by the first writer */
+static pthread_mutex_t overlay_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void
 debug_hook (const char *msg)
@@ -43,6 +49,11 @@ vhdchain_load (void)
 static void
 vhdchain_unload (void)
 {
+  /* A clean exit keeps everything written, flushed or not. */
+  if (overlay && overlay_flush (overlay) < 0)
+    nbdkit_error ("flushing the writable layer at exit failed");
+  overlay_close (overlay);
+  free (keep_path);
   map_free (map);
   chain_close (chain);
   free (tip);
@@ -151,6 +162,10 @@ vhdchain_config (const char *key, const char *value)
     return parse_bool (key, value, &opts.ignore_id_mismatch);
   if (strcmp (key, "io") == 0)
     return parse_io (value);
+  if (strcmp (key, "overlay") == 0) {
+    free (keep_path);
+    return (keep_path = nbdkit_absolute_path (value)) ? 0 : -1;
+  }
   nbdkit_error ("unknown parameter '%s' (see nbdkit vhdchain --help)", key);
   return -1;
 }
@@ -185,7 +200,10 @@ vhdchain_config_complete (void)
   "confine=false            allow parents outside the allowed folders\n" \
   "ignore-checksums=true    accept bad VHD checksums and VHDX CRCs\n" \
   "ignore-id-mismatch=true  accept a parent whose identity does not match\n" \
-  "io=auto|uring|pread      read engine (default auto: io_uring, else pread)"
+  "io=auto|uring|pread      read engine (default auto: io_uring, else pread)\n" \
+  "overlay=PATH             keep the writable layer at PATH (default: a\n" \
+  "                         temporary file in $TMPDIR); an existing child of\n" \
+  "                         the tip at PATH is continued"
 
 static void
 vhdchain_dump_plugin (void)
@@ -196,10 +214,38 @@ vhdchain_dump_plugin (void)
   printf ("vhdchain_max_depth=%d\n", CHAIN_MAX_DEPTH);
 }
 
-/* Every connection sees the same chain; the handle only marks it open. */
+/* The writable layer is made when the first writable connection opens,
+ * so that nbdkit -r never creates one. */
+static int
+ensure_overlay (void)
+{
+  struct overlay_opts o = { .path = keep_path, .drives = opts.drives,
+                            .nr_drives = opts.nr_drives };
+  struct overlay *ov;
+  int r = 0;
+
+  pthread_mutex_lock (&overlay_lock);
+  if (!atomic_load (&overlay)) {
+    vc_clear_error ();
+    if ((r = overlay_open (chain, map, &o, &ov)) < 0)
+      nbdkit_error ("%s", vc_last_error ());
+    else {
+      nbdkit_debug ("writable layer: %s", keep_path ? keep_path
+                    : "temporary");
+      atomic_store (&overlay, ov);
+    }
+  }
+  pthread_mutex_unlock (&overlay_lock);
+  return r;
+}
+
+/* Every connection sees the same chain and layer; the handle only marks
+ * the connection open. */
 static void *
 vhdchain_open (int readonly)
 {
+  if (!readonly && ensure_overlay () < 0)
+    return NULL;
   return &chain;
 }
 
@@ -237,7 +283,9 @@ static int
 vhdchain_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
                 uint32_t flags)
 {
-  int r = map_read (map, buf, count, offset);
+  struct overlay *ov = atomic_load (&overlay);
+  int r = ov ? overlay_read (ov, buf, count, offset)
+             : map_read (map, buf, count, offset);
 
   if (r < 0) {
     errno = -r;
@@ -263,7 +311,9 @@ static int
 vhdchain_extents (void *handle, uint32_t count, uint64_t offset,
                   uint32_t flags, struct nbdkit_extents *extents)
 {
-  int r = map_extents (map, offset, count, add_extent, extents);
+  struct overlay *ov = atomic_load (&overlay);
+  int r = ov ? overlay_extents (ov, offset, count, add_extent, extents)
+             : map_extents (map, offset, count, add_extent, extents);
 
   if (r < 0) {
     errno = -r;
@@ -271,6 +321,75 @@ vhdchain_extents (void *handle, uint32_t count, uint64_t offset,
     return -1;
   }
   return r;
+}
+
+static int
+vhdchain_can_write (void *handle)
+{
+  return 1;
+}
+
+static int
+vhdchain_can_fua (void *handle)
+{
+  return NBDKIT_FUA_NATIVE;
+}
+
+static int
+vhdchain_can_flush (void *handle)
+{
+  return 1;
+}
+
+static int
+vhdchain_can_fast_zero (void *handle)
+{
+  return 1;                     /* zeroing punches or marks, never copies */
+}
+
+/* The plugin boundary for every write-side call: -errno to errno. */
+static int
+write_result (int r, const char *what, uint32_t count, uint64_t offset)
+{
+  if (r == 0)
+    return 0;
+  errno = -r;
+  nbdkit_error ("%s: %s of %" PRIu32 " bytes at %" PRIu64 ": %m",
+                keep_path ? keep_path : "writable layer", what, count,
+                offset);
+  return -1;
+}
+
+static int
+vhdchain_pwrite (void *handle, const void *buf, uint32_t count,
+                 uint64_t offset, uint32_t flags)
+{
+  return write_result (overlay_write (overlay, buf, count, offset,
+                                      flags & NBDKIT_FLAG_FUA),
+                       "write", count, offset);
+}
+
+static int
+vhdchain_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  return write_result (overlay_zero (overlay, count, offset,
+                                     flags & NBDKIT_FLAG_FUA),
+                       "zero", count, offset);
+}
+
+/* Trim is advisory: clearing bits would bring older parent data back
+ * (FORMATS.md 2.9), so the range keeps what it holds. */
+static int
+vhdchain_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  return write_result (flags & NBDKIT_FLAG_FUA ? overlay_flush (overlay) : 0,
+                       "trim", count, offset);
+}
+
+static int
+vhdchain_flush (void *handle, uint32_t flags)
+{
+  return write_result (overlay_flush (overlay), "flush", 0, 0);
 }
 
 static struct nbdkit_plugin plugin = {
@@ -292,6 +411,14 @@ static struct nbdkit_plugin plugin = {
   .can_cache = vhdchain_can_cache,
   .pread = vhdchain_pread,
   .extents = vhdchain_extents,
+  .can_write = vhdchain_can_write,
+  .can_flush = vhdchain_can_flush,
+  .can_fua = vhdchain_can_fua,
+  .can_fast_zero = vhdchain_can_fast_zero,
+  .pwrite = vhdchain_pwrite,
+  .zero = vhdchain_zero,
+  .trim = vhdchain_trim,
+  .flush = vhdchain_flush,
   .errno_is_preserved = 1,
 };
 

@@ -1,0 +1,65 @@
+/* vhdchain core: the on-disk side of the writable layer, one per format.
+ *
+ * overlay.c owns what is in memory (which blocks exist, which sectors are
+ * set) and the ordering; a child only knows where things go in its file.
+ * The contract that makes the ordering crash-safe (FORMATS.md 2.8):
+ *  - alloc() extends the file so that the new block lies inside it and the
+ *    file still ends in a valid form; it writes nothing that points at the
+ *    block;
+ *  - commit() runs after the data of every listed block is durable and
+ *    before the second sync of a flush; it writes the bitmaps and the
+ *    table entries of exactly those blocks, and nothing else that points
+ *    at data.
+ */
+#ifndef VHDCHAIN_CHILD_H
+#define VHDCHAIN_CHILD_H
+
+#include <stdint.h>
+
+#include "layer.h"
+#include "locator.h"
+
+struct child_dirty {
+  uint64_t block;
+  uint64_t data_off;
+  const uint8_t *bits;          /* snapshot, LSB-first, 1 = in this file */
+};
+
+struct child;
+
+struct child_ops {
+  int (*alloc) (struct child *, uint64_t block, uint64_t *data_off);
+  int (*commit) (struct child *, const struct child_dirty *, size_t n);
+  void (*close) (struct child *);
+};
+
+struct child {
+  const struct child_ops *ops;
+  int fd;                       /* O_RDWR: our own file, never the chain's */
+  uint64_t size;
+  uint32_t sector;
+  uint32_t block_size;
+  uint64_t nr_blocks;
+  void *priv;
+};
+
+/* What a new child records about its parent. */
+struct parent_ref {
+  const struct layer *layer;
+  const char *path;             /* canonical Linux path */
+  const struct drive_map *drives;
+  size_t nr_drives;
+};
+
+/* Write a fresh, empty child into the empty file fd (and sync it). */
+int vhd_child_create (int fd, const char *path, const struct parent_ref *,
+                      struct child **out);
+/* Take over an existing child file, already checked as a layer. */
+int vhd_child_attach (int fd, struct layer *, struct child **out);
+
+/* Paths as a Windows child records them (shared by VHD and VHDX). */
+char *child_relative_path (const char *child_path, const char *parent_path);
+char *child_absolute_path (const char *parent_path,
+                           const struct drive_map *, size_t nr_drives);
+
+#endif

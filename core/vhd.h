@@ -1,0 +1,25 @@
+/* vhdchain core: what vhd.c tells vhd-child.c about an opened VHD. */
+#ifndef VHDCHAIN_VHD_H
+#define VHDCHAIN_VHD_H
+
+#include <stdint.h>
+
+#include "layer.h"
+
+#define VHD_FOOTER_SIZE 512
+#define VHD_HEADER_SIZE 1024
+#define VHD_EPOCH       946684800       /* 2000-01-01 00:00:00 UTC */
+
+struct vhd_layout {
+  uint64_t bat_off;
+  uint32_t bat_entries;         /* 0 for a fixed image */
+  uint32_t bitmap_size;
+  uint64_t data_end;            /* where the trailing footer starts */
+  uint32_t chs;                 /* raw geometry: cylinders, heads, spt */
+  uint64_t chs_size;            /* what CHS-trusting readers report */
+};
+
+void vhd_layout (const struct layer *, struct vhd_layout *);
+uint32_t vhd_checksum (const uint8_t *p, size_t len, size_t csum_off);
+
+#endif
