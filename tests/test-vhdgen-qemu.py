@@ -17,7 +17,6 @@ No plugin involved: this is what lets the other tests trust vhdgen.
 import os
 import random
 import struct
-import sys
 
 import harness
 import vhdgen as g
@@ -39,7 +38,8 @@ def check_spec_vectors():
 def check_footer_against_sample():
     # A real footer (libvhdi fragment, made by Virtual PC): our checksum
     # formula must reproduce its stored checksum.
-    raw = open(harness.sample('libvhdi-fragments', 'file_footer.1'), 'rb').read()
+    raw = open(harness.sample('libvhdi-fragments', 'file_footer.1'),
+               'rb').read()
     stored = struct.unpack_from('>I', raw, g.FOOTER_CHECKSUM_AT)[0]
     r.equal(g.vhd_checksum(raw[:512], g.FOOTER_CHECKSUM_AT), stored,
             'checksum formula on a real footer')
@@ -69,6 +69,44 @@ def check_bitmap_order(tmp):
             and f['features'] == 2 and f['version'] == 0x10000,
             'footer fields of a differencing file')
     r.equal(g.read_footer(path, 'copy'), f, 'footer copy at 0 equals trailer')
+
+
+# Block 0 sectors present in dfvfs/fat-differential.vhd (FORMATS.md 6).
+FAT_DIFF_PRESENT = [134, 143] + list(range(152, 160)) + \
+    [184, 185, 188] + list(range(190, 193)) + [194, 196]
+
+
+def check_windows_sample_layout():
+    """Rebuild the real Windows 10 differencing file from its documented
+    fields: footer, header, locators, BAT and bitmap must come out byte for
+    byte as Windows wrote them."""
+    path = harness.sample('dfvfs', 'fat-differential.vhd')
+    raw = open(path, 'rb').read()
+    foot = raw[-512:]
+    name = 'C:\\Projects\\dfvfs\\test_data\\fat-parent.vhd'
+    v = g.VhdFile(
+        'differencing', 4194304, creator_app=b'win ',
+        creator_version=0x000A0000,
+        timestamp=struct.unpack_from('>I', foot, 24)[0],   # not documented
+        uid=foot[68:84],                                    # not documented
+        parent_uid=bytes.fromhex('5FA21A55F394AA4D99581951A67D5540'),
+        parent_timestamp=0, parent_name=name, bat_offset=8192,
+        locators=[g.w2ku(name, slot=0, space=4096, offset=4096),
+                  g.w2ru('.\\fat-parent.vhd', slot=1, space=65536,
+                         offset=12288)])
+    for s in FAT_DIFF_PRESENT:
+        at = 81920 + s * 512
+        v.write(s * 512, raw[at:at + 512])
+    built = v.build()
+    r.equal(v.file_layout['blocks'], {0: 159 * 512},
+            'Windows layout puts block 0 bitmap at sector 159')
+    for what, a, n in (('footer copy', 0, 512), ('dynamic header', 512, 1024),
+                       ('W2ku payload', 4096, 4096),
+                       ('W2ru payload', 12288, 65536), ('BAT', 8192, 512),
+                       ('bitmap', 159 * 512, 512)):
+        r.check(built[a:a + n] == raw[a:a + n],
+                '%s as Windows wrote it' % what)
+    r.check(built[-512:] == foot, 'footer as Windows wrote it')
 
 
 # -------------------------------------------------------------- qemu-img
@@ -172,6 +210,7 @@ def main():
     harness.require_tools('qemu-img', 'vhdimount', 'fusermount')
     check_spec_vectors()
     r.run(check_footer_against_sample)
+    r.run(check_windows_sample_layout)
     with harness.tempdir() as tmp:
         r.run(check_bitmap_order, tmp)
         for n, case in enumerate(QEMU_CASES):

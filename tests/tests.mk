@@ -1,3 +1,21 @@
 # Included by Makefile.am.  Each test is one executable file; the harness
 # counts it as passed (exit 0) or failed (anything else).  No test skips:
 # a missing tool is a failure (see README).
+
+# VHD chain tests (python, system python3 with python3-libnbd).  vhdgen.py
+# is an independent VHD writer; test-vhdgen-qemu.py checks it against
+# qemu-img and libvhdi before the other tests trust it.
+TESTS += \
+	tests/test-vhdgen-qemu.py \
+	tests/test-chain-read.py \
+	tests/test-samples.py \
+	tests/test-malformed.py \
+	tests/test-resolve.py
+EXTRA_DIST += \
+	tests/vhdgen.py \
+	tests/harness.py \
+	tests/test-vhdgen-qemu.py \
+	tests/test-chain-read.py \
+	tests/test-samples.py \
+	tests/test-malformed.py \
+	tests/test-resolve.py

@@ -78,7 +78,8 @@ HEADER_FIELDS = {
     'parent_name': (64, '512s'),
 }
 LOCATOR_TABLE = 576                   # 8 entries of 24 bytes
-LOCATOR_ENTRY = struct.Struct('>4sIIIQ')   # code, space, length, reserved, offset
+# code, data space, data length, reserved, data offset
+LOCATOR_ENTRY = struct.Struct('>4sIIIQ')
 FOOTER_CHECKSUM_AT = FOOTER_FIELDS['checksum'][0]
 HEADER_CHECKSUM_AT = HEADER_FIELDS['checksum'][0]
 
@@ -228,9 +229,8 @@ class VhdFile:
                  layout='windows', block_order='shuffle',
                  dyn_bitmap='written', locators=(), space_unit='bytes',
                  bat_first=False, bat_offset=None, max_table_entries=None,
-                 parent_uid=None,
-                 parent_name='', parent_timestamp=0, empty_blocks=(),
-                 footer_copy=None):
+                 parent_uid=None, parent_name='', parent_timestamp=0,
+                 empty_blocks=(), footer_copy=None):
         self.kind = KINDS.get(kind, kind)
         assert self.kind in (FIXED, DYNAMIC, DIFFERENCING), kind
         assert size % SECTOR == 0, 'virtual size must be whole sectors'
@@ -595,7 +595,10 @@ class Chain:
         return vhd
 
     def write(self, expected=True):
-        """Save every layer; return [Point] (expected images if asked)."""
+        """Save every layer; return [Point].
+
+        expected: True, expected image files for every point; 'tip', for
+        the last one only; False, none (Point.sha256 is then None)."""
         os.makedirs(self.folder, exist_ok=True)
         if expected:
             os.makedirs(self.expected_dir, exist_ok=True)
@@ -605,6 +608,8 @@ class Chain:
             exp_path = sha = None
             if expected:
                 image = _see_through(vhd, image)
+            if expected is True or (expected == 'tip' and
+                                    i == len(self.layers) - 1):
                 exp_path = os.path.join(self.expected_dir, name + '.raw')
                 with open(exp_path, 'wb') as f:
                     f.write(image)
@@ -649,7 +654,7 @@ def read_footer(path, where='trailer'):
 
 
 def read_header(path):
-    """Dynamic header fields plus 'locators': {slot: (code, space, len, off)}."""
+    """Dynamic header fields; 'locators' = {slot: (code, space, len, off)}."""
     with open(path, 'rb') as f:
         f.seek(_header_offset(path))
         raw = f.read(HEADER_SIZE)
