@@ -19,3 +19,9 @@ EXTRA_DIST += \
 	tests/test-samples.py \
 	tests/test-malformed.py \
 	tests/test-resolve.py
+
+# The pread fallback where io_uring is refused (seccomp helper).
+check_PROGRAMS += tests/no-uring
+tests_no_uring_SOURCES = tests/no-uring.c
+TESTS += tests/test-no-uring.py
+EXTRA_DIST += tests/test-no-uring.py
