@@ -25,3 +25,7 @@ check_PROGRAMS += tests/no-uring
 tests_no_uring_SOURCES = tests/no-uring.c
 TESTS += tests/test-no-uring.py
 EXTRA_DIST += tests/test-no-uring.py
+
+# A Hyper-V VM folder copied to Linux, as is.
+TESTS += tests/test-vmfolder.py
+EXTRA_DIST += tests/test-vmfolder.py
