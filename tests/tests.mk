@@ -29,3 +29,7 @@ EXTRA_DIST += tests/test-no-uring.py
 # A Hyper-V VM folder copied to Linux, as is.
 TESTS += tests/test-vmfolder.py
 EXTRA_DIST += tests/test-vmfolder.py
+
+# Block status.
+TESTS += tests/test-extents.py
+EXTRA_DIST += tests/test-extents.py
