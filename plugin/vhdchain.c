@@ -202,8 +202,8 @@ vhdchain_config_complete (void)
   "ignore-id-mismatch=true  accept a parent whose identity does not match\n" \
   "io=auto|uring|pread      read engine (default auto: io_uring, else pread)\n" \
   "overlay=PATH             keep the writable layer at PATH (default: a\n" \
-  "                         temporary file in $TMPDIR); an existing child of\n" \
-  "                         the tip at PATH is continued"
+  "                         temporary file in $TMPDIR or /var/tmp); an\n" \
+  "                         existing child of the tip at PATH is continued"
 
 static void
 vhdchain_dump_plugin (void)
