@@ -360,31 +360,45 @@ replay_run (const struct log_ring *ring, const struct log_run *run,
   return 0;
 }
 
+/* Steps 3-4 of FORMATS.md 3.8: a sequence exists, the file holds it all. */
+static int
+check_active (const struct log_ring *ring, const struct log_run *best)
+{
+  if (best->n == 0)
+    return vc_error (EINVAL, "%s: log: LogGuid is set but the log holds no "
+                     "valid sequence of entries: corrupt log", ring->l->path);
+  if (best->head.flushed > ring->l->file_size)
+    return vc_error (EINVAL, "%s: log: FlushedFileOffset %" PRIu64 " is past "
+                     "the end of the file (%" PRIu64 " bytes): truncated "
+                     "image", ring->l->path, best->head.flushed,
+                     ring->l->file_size);
+  return 0;
+}
+
 /* Steps 2-6 of FORMATS.md 3.8 once the ring is known. */
 static int
 replay_ring (const struct log_ring *ring, struct vhdx_overlay *ov)
 {
   struct log_run best = { 0 }, run = { 0 };
-  size_t slots = ring->len / LOG_SECTOR;
-  int r = -ENOMEM;
+  size_t slots = ring->len / LOG_SECTOR, tail = 0;
+  int r;
 
   best.offs = malloc (slots * sizeof *best.offs);
   run.offs = malloc (slots * sizeof *run.offs);
-  if (!best.offs || !run.offs)
-    r = vc_error (ENOMEM, "%s: log: out of memory", ring->l->path);
-  else if ((r = find_active (ring, &best, &run)) == 0 && best.n == 0)
-    r = vc_error (EINVAL, "%s: log: LogGuid is set but the log holds no "
-                  "valid sequence of entries: corrupt log", ring->l->path);
-  else if (r == 0 && best.head.flushed > ring->l->file_size)
-    r = vc_error (EINVAL, "%s: log: FlushedFileOffset %" PRIu64 " is past "
-                  "the end of the file (%" PRIu64 " bytes): truncated image",
-                  ring->l->path, best.head.flushed, ring->l->file_size);
-  else if (r == 0 && (r = replay_run (ring, &best, run_tail (&best), ov)) == 0) {
+  r = best.offs && run.offs ? find_active (ring, &best, &run)
+    : vc_error (ENOMEM, "%s: log: out of memory", ring->l->path);
+  if (r == 0)
+    r = check_active (ring, &best);
+  if (r == 0)
+    r = replay_run (ring, &best, tail = run_tail (&best), ov);
+  if (r == 0) {
+    /* The spec extends the file to LastFileOffset; we only pretend to. */
     if (best.head.last > ov->logical_size)
       ov->logical_size = best.head.last;
-    vc_debug ("%s: replayed %zu log entries up to sequence number %" PRIu64
-              " in memory: %zu extents", ring->l->path,
-              best.n - (size_t) run_tail (&best), best.head.seq, ov->n);
+    vc_debug ("%s: replayed %zu log entries (log offsets %" PRIu64 " to %"
+              PRIu64 ") up to sequence number %" PRIu64 " in memory: %zu "
+              "extents", ring->l->path, best.n - tail, best.offs[tail],
+              best.offs[best.n - 1], best.head.seq, ov->n);
   }
   free (best.offs);
   free (run.offs);

@@ -24,6 +24,11 @@
  * checks to every entry it reports, so nothing proportional to the virtual
  * size is held.
  *
+ * Payload is read by the caller straight from l->fd at data_off, never
+ * through the overlay, so open refuses a log that writes into an allocated
+ * payload block (logs carry metadata only).  Sector-bitmap entries are used,
+ * and so validated, only in differencing files.
+ *
  * BAT layout (2.5): payload entries of chunk_ratio blocks are followed by the
  * sector-bitmap entry of their chunk; block b is at index b + b/chunk_ratio,
  * the sector bitmap of chunk c at c * (chunk_ratio + 1) + chunk_ratio.  We
@@ -82,7 +87,7 @@ struct vhdx_priv {
 struct vhdx_params {
   uint32_t block_size, fp_flags, logical_sector, physical_sector;
   uint64_t virtual_size;
-  unsigned found;               /* bit per item, see item_handlers */
+  unsigned found;               /* ITEM_* bits of the items seen */
   struct vhdx_md_entry locator;
 };
 
@@ -413,66 +418,72 @@ read_region_table (struct open_ctx *c)
 
 /* ---- metadata region ---- */
 
-/* Read a known item of at least min bytes into buf (len bytes). */
-static int
-read_item (struct open_ctx *c, const struct vhdx_md_entry *e,
-           const char *name, uint8_t *buf, uint32_t min)
-{
-  if (e->length < min)
-    return vc_error (EINVAL, "%s: metadata: %s item is %" PRIu32 " bytes, "
-                     "expected %" PRIu32, c->l->path, name, e->length, min);
-  return vhdx_read (c->l, &c->p->ov, buf, min, c->md_offset + e->offset, name);
-}
-
 enum {
   ITEM_FILE_PARAMETERS = 1, ITEM_SIZE = 2, ITEM_DISK_ID = 4,
   ITEM_LOGICAL = 8, ITEM_PHYSICAL = 16, ITEM_LOCATOR = 32,
   ITEMS_REQUIRED = 31,
 };
 
-/* Handle one system item we know; 0 if id is not one of them. */
+/* The system items we know (MS-VHDX 2.6.2) and the bytes each must hold. */
+static const struct known_item {
+  const uint8_t *guid;
+  const char *name;
+  uint32_t size;
+  unsigned bit;
+} known_items[] = {
+  { vhdx_guid_file_parameters, "File Parameters", 8, ITEM_FILE_PARAMETERS },
+  { vhdx_guid_virtual_disk_size, "Virtual Disk Size", 8, ITEM_SIZE },
+  /* Shared by parent and child: never a linkage (pitfall 14). */
+  { vhdx_guid_virtual_disk_id, "Virtual Disk ID", 16, ITEM_DISK_ID },
+  { vhdx_guid_logical_sector_size, "Logical Sector Size", 4, ITEM_LOGICAL },
+  { vhdx_guid_physical_sector_size, "Physical Sector Size", 4,
+    ITEM_PHYSICAL },
+  { vhdx_guid_parent_locator, "Parent Locator", VHDX_PL_HEADER_SIZE,
+    ITEM_LOCATOR },
+};
+
+static void
+store_item (struct vhdx_params *par, unsigned bit, const uint8_t *b)
+{
+  switch (bit) {
+  case ITEM_FILE_PARAMETERS:
+    par->block_size = get_le32 (b);
+    par->fp_flags = get_le32 (b + 4);
+    break;
+  case ITEM_SIZE: par->virtual_size = get_le64 (b); break;
+  case ITEM_LOGICAL: par->logical_sector = get_le32 (b); break;
+  case ITEM_PHYSICAL: par->physical_sector = get_le32 (b); break;
+  }
+}
+
+/* Read and store one system item we know: its bit, or 0 if unknown. */
 static int
 known_item (struct open_ctx *c, const struct vhdx_md_entry *e)
 {
-  struct vhdx_params *par = &c->par;
+  const struct known_item *k = NULL;
   uint8_t b[16];
+  size_t i;
   int r;
 
-  if (memcmp (e->item_id, vhdx_guid_file_parameters, 16) == 0) {
-    if ((r = read_item (c, e, "File Parameters", b, 8)) < 0)
-      return r;
-    par->block_size = get_le32 (b);
-    par->fp_flags = get_le32 (b + 4);
-    return ITEM_FILE_PARAMETERS;
+  for (i = 0; i < sizeof known_items / sizeof known_items[0] && !k; i++)
+    if (memcmp (e->item_id, known_items[i].guid, 16) == 0)
+      k = &known_items[i];
+  if (!k)
+    return 0;
+  if (e->length < k->size)
+    return vc_error (EINVAL, "%s: metadata: %s item is %" PRIu32 " bytes, "
+                     "expected at least %" PRIu32, c->l->path, k->name,
+                     e->length, k->size);
+  if (k->bit == ITEM_LOCATOR) {
+    c->par.locator = *e;        /* parsed once HasParent is known */
+    return k->bit;
   }
-  if (memcmp (e->item_id, vhdx_guid_virtual_disk_size, 16) == 0) {
-    if ((r = read_item (c, e, "Virtual Disk Size", b, 8)) < 0)
-      return r;
-    par->virtual_size = get_le64 (b);
-    return ITEM_SIZE;
-  }
-  if (memcmp (e->item_id, vhdx_guid_virtual_disk_id, 16) == 0) {
-    /* Shared by parent and child: never a linkage (pitfall 14). */
-    r = read_item (c, e, "Virtual Disk ID", b, 16);
-    return r < 0 ? r : ITEM_DISK_ID;
-  }
-  if (memcmp (e->item_id, vhdx_guid_logical_sector_size, 16) == 0) {
-    if ((r = read_item (c, e, "Logical Sector Size", b, 4)) < 0)
-      return r;
-    par->logical_sector = get_le32 (b);
-    return ITEM_LOGICAL;
-  }
-  if (memcmp (e->item_id, vhdx_guid_physical_sector_size, 16) == 0) {
-    if ((r = read_item (c, e, "Physical Sector Size", b, 4)) < 0)
-      return r;
-    par->physical_sector = get_le32 (b);
-    return ITEM_PHYSICAL;
-  }
-  if (memcmp (e->item_id, vhdx_guid_parent_locator, 16) == 0) {
-    par->locator = *e;        /* parsed once HasParent is known */
-    return ITEM_LOCATOR;
-  }
-  return 0;
+  r = vhdx_read (c->l, &c->p->ov, b, k->size, c->md_offset + e->offset,
+                 k->name);
+  if (r < 0)
+    return r;
+  store_item (&c->par, k->bit, b);
+  return k->bit;
 }
 
 /* Offset/length rules of MS-VHDX 2.6.1.2 and uniqueness of (id, IsUser). */
@@ -656,9 +667,9 @@ locator_string (struct open_ctx *c, const uint8_t *item, uint32_t len,
   if (n % 2 || off < table_end || off > len || n > len - off
       || (n == 0 && is_key))
     return vc_error (EINVAL, "%s: parent locator: entry %" PRIu32 ": %s at "
-                     "%" PRIu32 ", %" PRIu32 " bytes, is not inside the item "
-                     "(%" PRIu32 " bytes) after the entry table", c->l->path,
-                     i, what, off, n, len);
+                     "%" PRIu32 ", %" PRIu32 " bytes: empty, odd length, or "
+                     "outside the item (%" PRIu32 " bytes) after the entry "
+                     "table", c->l->path, i, what, off, n, len);
   for (k = 0; k < n; k += 2)
     if (item[off + k] == 0 && item[off + k + 1] == 0)
       return vc_error (EINVAL, "%s: parent locator: entry %" PRIu32 ": %s "
@@ -797,7 +808,7 @@ read_parent_locator (struct open_ctx *c)
                 c->l->path);
     return 0;
   }
-  if (!(c->par.found & ITEM_LOCATOR) || e->length < VHDX_PL_HEADER_SIZE)
+  if (!(c->par.found & ITEM_LOCATOR))
     return vc_error (EINVAL, "%s: metadata: HasParent is set but there is "
                      "no parent locator item", c->l->path);
   if (!(item = malloc (e->length)))
@@ -1017,10 +1028,14 @@ claim_structures (struct open_ctx *c)
     r = claim_structure (c, c->hdr.log_offset, c->hdr.log_length, "log");
   for (i = 0; i < c->nr_regions && r == 0; i++) {
     const struct vhdx_region *g = &c->regions[i];
+    char name[GUID_TEXT_LEN + 16];
+    memcpy (name, "region {", 8);
+    guid_format (g->guid, name + 8);
+    strcat (name, "}");
     r = claim_structure (c, g->offset, g->length,
                          memcmp (g->guid, vhdx_guid_bat, 16) == 0 ? "BAT region"
                          : memcmp (g->guid, vhdx_guid_metadata, 16) == 0 ?
-                         "metadata region" : "region");
+                         "metadata region" : name);
   }
   for (k = 0; k < ov->n && r == 0; k++) {
     uint64_t m, end = (ov->ext[k].off + ov->ext[k].len + VHDX_MiB - 1)
@@ -1064,7 +1079,7 @@ validate_chunk (struct layer *l, uint64_t chunk, const uint8_t *group,
   struct open_ctx *c = opaque;
   struct vhdx_priv *p = l->priv;
   uint64_t first = chunk * p->chunk_ratio, i, count, off = 0;
-  enum block_state st;
+  enum block_state st = BLK_ABSENT;
   int r;
 
   if (n > p->chunk_ratio
@@ -1083,6 +1098,12 @@ validate_chunk (struct layer *l, uint64_t chunk, const uint8_t *group,
     /* vhdchain reads payload straight from the file, past the overlay. */
     if (is_logged (c, off, block_len (l, b)))
       return bat_error (l, b, e, "the log writes into this payload block");
+    /* A log may extend the file (MS-VHDX 2.3.3): a whole block in the
+     * extension reads as zeros (walk says ZERO); half of one, or a partial
+     * block there, has no meaning we could serve. */
+    if (off < l->file_size ? block_len (l, b) > l->file_size - off
+                           : st == BLK_PARTIAL)
+      return bat_error (l, b, e, "block lies past the end of the file");
   }
   return 0;
 }
@@ -1114,7 +1135,7 @@ walk_chunk (struct layer *l, uint64_t chunk, const uint8_t *group,
   const struct walk_ctx *w = opaque;
   const struct vhdx_priv *p = l->priv;
   uint64_t first = chunk * p->chunk_ratio, i, count, off = 0;
-  enum block_state st;
+  enum block_state st = BLK_ABSENT;
   int r;
 
   (void) n;
@@ -1124,6 +1145,8 @@ walk_chunk (struct layer *l, uint64_t chunk, const uint8_t *group,
     if ((r = decode_payload (l, first + i, get_le64 (group + 8 * i),
                              &st, &off)) < 0)
       return r;
+    if (st == BLK_FULL && off >= l->file_size)
+      st = BLK_ZERO;            /* in the log-extended tail: zeros */
     if (st != BLK_ABSENT && (r = w->fn (w->opaque, first + i, st,
                                         st == BLK_ZERO ? 0 : off)) != 0)
       return r;

@@ -33,3 +33,14 @@ EXTRA_DIST += tests/test-vmfolder.py
 # Block status.
 TESTS += tests/test-extents.py
 EXTRA_DIST += tests/test-extents.py
+
+# VHDX reader unit tests (C): CRC-32C and GUIDs; the VHDX parsers against
+# the libvhdi fragments, the DiscUtils samples, qemu-img images and images
+# the test builds itself (4096-byte sectors, differencing, dirty logs,
+# malformed structures).
+check_PROGRAMS += tests/unit-crc32c tests/unit-vhdx
+tests_unit_crc32c_SOURCES = tests/unit-crc32c.c
+tests_unit_crc32c_LDADD = libvhdcore.la
+tests_unit_vhdx_SOURCES = tests/unit-vhdx.c
+tests_unit_vhdx_LDADD = libvhdcore.la
+TESTS += tests/unit-crc32c tests/unit-vhdx
