@@ -242,8 +242,10 @@ chain_open_file (const char *path, const struct layer_opts *opts,
   return r;
 }
 
-int
-chain_open (const char *tip, const struct chain_opts *o, struct chain **out)
+/* partial: on a failure past the tip, hand back the layers opened so far. */
+static int
+open_chain (const char *tip, const struct chain_opts *o, bool partial,
+            struct chain **out)
 {
   unsigned max = o->max_depth ? o->max_depth : CHAIN_MAX_DEPTH;
   struct resolver r;
@@ -270,12 +272,26 @@ chain_open (const char *tip, const struct chain_opts *o, struct chain **out)
       err = find_parent (&r, o, c);
   }
   resolver_free (&r);
-  if (err) {
+  if (err && !(partial && c->depth)) {
     chain_close (c);
     return err;
   }
   *out = c;
-  return 0;
+  return err;
+}
+
+int
+chain_open (const char *tip, const struct chain_opts *o, struct chain **out)
+{
+  return open_chain (tip, o, false, out);
+}
+
+int
+chain_open_partial (const char *tip, const struct chain_opts *o,
+                    struct chain **out)
+{
+  *out = NULL;
+  return open_chain (tip, o, true, out);
 }
 
 void

@@ -30,6 +30,12 @@ struct chain {
 
 int chain_open (const char *tip, const struct chain_opts *,
                 struct chain **out);
+/* Like chain_open, but when a parent cannot be found or accepted (or the
+ * chain is too deep, or loops), *out still receives the layers opened so
+ * far, tip first, along with the error: for tools that report every
+ * problem (vhdchain check).  *out is NULL only if the tip did not open. */
+int chain_open_partial (const char *tip, const struct chain_opts *,
+                        struct chain **out);
 void chain_close (struct chain *);
 
 /* Open one layer by path, read-only, outside any chain (tools, tests). */

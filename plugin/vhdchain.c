@@ -261,7 +261,9 @@ vhdchain_block_size (void *handle, uint32_t *minimum, uint32_t *preferred,
 {
   uint32_t sector = chain->layers[0]->sector;
 
-  *minimum = 1;                 /* any byte range is served */
+  /* The logical sector is what clients should align to (4096 for such
+   * VHDX disks); smaller and unaligned requests are still served. */
+  *minimum = sector;
   *preferred = sector > 4096 ? sector : 4096;
   *maximum = 0xFFFFFFFF;
   return 0;

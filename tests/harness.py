@@ -174,12 +174,14 @@ class Nbdkit:
     StartError with the exit status and stderr.
     """
 
-    def __init__(self, tip, *params, readonly=True, extra=()):
+    def __init__(self, tip, *params, readonly=True, extra=(), env=None):
         require_plugin()
         self.tip, self.params = tip, params
         self.readonly, self.extra = readonly, extra
+        self.env = env               # None: inherit the test's environment
         self.proc = None
         self.stderr = ''
+        self.killed = False
 
     def __enter__(self):
         self._dir = tempfile.mkdtemp(prefix='vhdchain-nbdkit-')
@@ -191,7 +193,8 @@ class Nbdkit:
                            self.readonly, self.extra)
         with open(self._errpath, 'wb') as err:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                         stdout=err, stderr=err)
+                                         stdout=err, stderr=err,
+                                         env=self.env)
         try:
             self._wait_ready()
         except BaseException:
@@ -234,6 +237,17 @@ class Nbdkit:
         rc, self.proc = self.proc.returncode, None
         return rc
 
+    def kill(self):
+        """SIGKILL nbdkit (a crash), wait for it and return its stderr.
+        Leaving the with block afterwards does not count it as unclean."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.killed = True
+            self._read_stderr()
+            self.proc = None
+        return self.stderr
+
     def _cleanup(self):
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
@@ -241,7 +255,7 @@ class Nbdkit:
     def __exit__(self, et, ev, tb):
         rc = self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
-        if et is None and rc != 0:
+        if et is None and rc != 0 and not (self.killed and rc is None):
             raise AssertionError('nbdkit exited with %r on SIGTERM:\n%s'
                                  % (rc, self.stderr))
         return False
@@ -399,3 +413,115 @@ class Reporter:
             return 1
         print('%s: all %d checks passed' % (self.name, total))
         return 0
+
+
+# ---------------------------------------------------------------- VHD check
+
+def vhd_structure_problems(path, parent=None, block_size=None):
+    """Structural problems of a dynamic or differencing VHD file, as a list
+    of strings (empty: sound).  Read with vhdgen's field tables, not with
+    the code under test.  Checks both footers (cookie, checksum), the
+    dynamic header, that every BAT entry's bitmap and block lie inside the
+    file before the trailing footer, past the BAT, without overlapping each
+    other, the header or the locator payloads; with parent= (a VHD path)
+    that the parent identity matches that file's footer id."""
+    import struct
+    import vhdgen as g
+    bad = []
+    size = os.path.getsize(path)
+    if size % 512 or size < 512 + 1024 + 512:
+        return ['file size %d is not a sane VHD size' % size]
+    with open(path, 'rb') as f:
+        raw = f.read()
+    trailer, copy = raw[-512:], raw[:512]
+    for name, foot in (('trailing footer', trailer), ('footer copy', copy)):
+        if foot[:8] != b'conectix':
+            bad.append('%s: no conectix cookie' % name)
+        elif g.vhd_checksum(foot, g.FOOTER_CHECKSUM_AT) != \
+                struct.unpack_from('>I', foot, g.FOOTER_CHECKSUM_AT)[0]:
+            bad.append('%s: bad checksum' % name)
+    if bad:
+        return bad
+    if trailer != copy:
+        bad.append('footer copy at 0 differs from the trailing footer')
+    foot = g._unpack_fields(trailer, g.FOOTER_FIELDS)
+    if foot['disk_type'] not in (g.DYNAMIC, g.DIFFERENCING):
+        return bad + ['disk type %d' % foot['disk_type']]
+    hoff = foot['data_offset']
+    if hoff % 512 or hoff + 1024 > size - 512:
+        return bad + ['header offset %d outside the file' % hoff]
+    hraw = raw[hoff:hoff + 1024]
+    if hraw[:8] != b'cxsparse':
+        return bad + ['dynamic header: no cxsparse cookie']
+    if g.vhd_checksum(hraw, g.HEADER_CHECKSUM_AT) != \
+            struct.unpack_from('>I', hraw, g.HEADER_CHECKSUM_AT)[0]:
+        bad.append('dynamic header: bad checksum')
+    hdr = g._unpack_fields(hraw, g.HEADER_FIELDS)
+    bs, n = hdr['block_size'], hdr['max_table_entries']
+    if block_size is not None and bs != block_size:
+        bad.append('block size %d, want %d' % (bs, block_size))
+    if bs & (bs - 1) or bs < 512:
+        return bad + ['block size %d' % bs]
+    if n * bs < foot['current_size']:
+        bad.append('%d BAT entries of %d bytes do not cover %d bytes'
+                   % (n, bs, foot['current_size']))
+    bm = g.bitmap_size(bs)
+    bat_off = hdr['table_offset']
+    end = size - 512                      # data must end before the footer
+    if bat_off % 512 or bat_off + 4 * n > end:
+        return bad + ['BAT at %d (%d entries) outside the file'
+                      % (bat_off, n)]
+    used = [(0, 512, 'footer copy'), (hoff, hoff + 1024, 'header'),
+            (bat_off, bat_off + g.roundup(4 * n, 512), 'BAT')]
+    for slot in range(8):
+        code, space, length, _, off = g.LOCATOR_ENTRY.unpack_from(
+            hraw, g.LOCATOR_TABLE + 24 * slot)
+        if code == bytes(4):
+            continue
+        if off + length > end:
+            bad.append('locator %d payload outside the file' % slot)
+        used.append((off, off + max(length, 1), 'locator %d' % slot))
+    bat = struct.unpack_from('>%dI' % n, raw, bat_off)
+    for b, e in enumerate(bat):
+        if e == g.UNALLOCATED:
+            continue
+        at = e * 512
+        if at + bm + bs > end:
+            bad.append('BAT entry %d: block at %d (+%d) runs past the data '
+                       'end %d' % (b, at, bm + bs, end))
+        used.append((at, at + bm + bs, 'block %d' % b))
+    used.sort()
+    for (a0, a1, an), (b0, b1, bn) in zip(used, used[1:]):
+        if b0 < a1:
+            bad.append('%s at %d overlaps %s at %d' % (bn, b0, an, a0))
+    if parent is not None:
+        want = g.read_footer(parent)['unique_id']
+        if hdr['parent_unique_id'] != want:
+            bad.append('parent id %s, want %s (the footer id of %s)'
+                       % (hdr['parent_unique_id'].hex(), want.hex(), parent))
+    return bad
+
+
+def read_all(h, size, chunk=4 << 20):
+    """The whole export through a libnbd handle."""
+    return b''.join(h.pread(min(chunk, size - off), off)
+                    for off in range(0, size, chunk))
+
+
+def first_difference(got, want):
+    """Index of the first differing byte (len of the shorter if one is a
+    prefix of the other), or None when equal."""
+    if got == want:
+        return None
+    n = min(len(got), len(want))
+    lo, hi = 0, n
+    while hi - lo > 4096:       # bisect on slices: fast for big buffers
+        mid = (lo + hi) // 2
+        if got[lo:mid] != want[lo:mid]:
+            hi = mid
+        else:
+            lo = mid
+    for i in range(lo, hi):
+        if got[i] != want[i]:
+            return i
+    return n
