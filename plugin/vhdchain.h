@@ -1,0 +1,55 @@
+/* nbdkit-vhdchain-plugin: what the plugin's files share. */
+#ifndef VHDCHAIN_PLUGIN_H
+#define VHDCHAIN_PLUGIN_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "chain.h"
+#include "io.h"
+#include "map.h"
+#include "overlay.h"
+
+/* One NBD export: a point of a chain, opened at start-up. */
+struct export {
+  char *name;                   /* "" is the default export */
+  char *description;
+  char *tip;                    /* NULL when unavailable */
+  char *unavailable;            /* why it cannot be served, or NULL */
+  struct chain *chain;
+  struct map *map;
+  char *keep;                   /* overlay=PATH, or NULL: temporary */
+  struct overlay *_Atomic overlay;      /* made by the first writer */
+  pthread_mutex_t lock;
+};
+
+/* config.c: the parameters. */
+extern struct chain_opts chain_opts;
+extern enum io_engine io_engine;
+int vhdchain_config (const char *key, const char *value);
+int vhdchain_config_complete (void);
+void config_free (void);
+#define vhdchain_config_help \
+  "file=TIP                 the chain's tip: .vhd .avhd .vhdx .avhdx\n" \
+  "search=DIR               folder to look for parents in (repeatable)\n" \
+  "parent=PATH              explicit parent candidate, tried first (repeatable)\n" \
+  "drive=C:/DIR             Linux folder standing for a Windows drive letter\n" \
+  "confine=false            allow parents outside the allowed folders\n" \
+  "ignore-checksums=true    accept bad VHD checksums and VHDX CRCs\n" \
+  "ignore-id-mismatch=true  accept a parent whose identity does not match\n" \
+  "io=auto|uring|pread      read engine (default auto: io_uring, else pread)\n" \
+  "overlay=PATH             keep the writable layer at PATH (default: a\n" \
+  "                         temporary file in $TMPDIR or /var/tmp); an\n" \
+  "                         existing child of the tip at PATH is continued"
+
+/* exports.c: the set of exports. */
+int exports_add (const char *name, const char *description, const char *tip,
+                 const char *keep, const char *unavailable);
+int exports_open (void);
+struct export *exports_find (const char *name);
+int export_make_writable (struct export *);
+int exports_list (struct nbdkit_exports *);
+const char *exports_default (void);
+void exports_free (void);
+
+#endif
