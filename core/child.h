@@ -57,6 +57,13 @@ int vhd_child_create (int fd, const char *path, const struct parent_ref *,
 /* Take over an existing child file, already checked as a layer. */
 int vhd_child_attach (int fd, struct layer *, struct child **out);
 
+/* The same for a VHDX child of a VHDX tip (vhdx-child.c).  Attaching renews
+ * the file's FileWriteGuid and DataWriteGuid (and replays a pending log in
+ * place) before returning. */
+int vhdx_child_create (int fd, const char *path, const struct parent_ref *,
+                       struct child **out);
+int vhdx_child_attach (int fd, struct layer *, struct child **out);
+
 /* Paths as a Windows child records them (shared by VHD and VHDX). */
 char *child_relative_path (const char *child_path, const char *parent_path);
 char *child_absolute_path (const char *parent_path,

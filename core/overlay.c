@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/file.h>
 
 #include "child.h"
 #include "error.h"
@@ -55,6 +56,7 @@ struct overlay {
   pthread_mutex_t stripe[STRIPES];
   uint64_t *dirty;
   size_t nr_dirty, cap_dirty;
+  atomic_int broken;            /* errno of a failed sync: no more writes */
 };
 
 const char *overlay_path (const struct overlay *ov) { return ov->path; }
@@ -334,7 +336,10 @@ int
 overlay_write (struct overlay *ov, const void *buf, uint64_t count,
                uint64_t off, bool fua)
 {
-  int r = for_each_block (ov, buf, count, off);
+  int r = -atomic_load (&ov->broken);
+
+  if (r == 0)
+    r = for_each_block (ov, buf, count, off);
 
   return r == 0 && fua ? overlay_flush (ov) : r;
 }
@@ -342,7 +347,10 @@ overlay_write (struct overlay *ov, const void *buf, uint64_t count,
 int
 overlay_zero (struct overlay *ov, uint64_t count, uint64_t off, bool fua)
 {
-  int r = for_each_block (ov, NULL, count, off);
+  int r = -atomic_load (&ov->broken);
+
+  if (r == 0)
+    r = for_each_block (ov, NULL, count, off);
 
   return r == 0 && fua ? overlay_flush (ov) : r;
 }
@@ -367,6 +375,22 @@ snapshot_bits (const struct overlay *ov, struct oblock *ob, uint8_t *out)
   }
 }
 
+/* After a failed sync nobody knows what reached the disk, and a retried
+ * sync may succeed without it (the kernel drops the failed pages' error):
+ * the layer stops taking writes rather than record bits over lost data. */
+static int
+sync_layer (struct overlay *ov)
+{
+  int e;
+
+  if (fdatasync (ov->child->fd) == 0)
+    return 0;
+  e = errno;
+  atomic_store (&ov->broken, e);
+  return vc_error (e, "%s: fdatasync: %s; the layer takes no more writes",
+                   ov->path, strerror (e));
+}
+
 static int
 commit (struct overlay *ov, const uint64_t *list, size_t n)
 {
@@ -381,12 +405,12 @@ commit (struct overlay *ov, const uint64_t *list, size_t n)
     d[i] = (struct child_dirty) { list[i], ob->data_off,
                                   bits + i * ov->nwords * 8 };
   }
-  if (r == 0 && fdatasync (ov->child->fd) == -1)
-    r = -errno;
+  if (r == 0)
+    r = sync_layer (ov);
   if (r == 0 && n)
     r = ov->child->ops->commit (ov->child, d, n);
-  if (r == 0 && n && fdatasync (ov->child->fd) == -1)
-    r = -errno;
+  if (r == 0 && n)
+    r = sync_layer (ov);
   free (d);
   free (bits);
   return r;
@@ -399,6 +423,8 @@ overlay_flush (struct overlay *ov)
   size_t n;
   int r;
 
+  if ((r = atomic_load (&ov->broken)) != 0)
+    return -r;
   pthread_mutex_lock (&ov->flush_lock);
   pthread_mutex_lock (&ov->dirty_lock);
   list = ov->dirty;
@@ -488,8 +514,18 @@ load_block (void *opaque, uint64_t b, enum block_state st, uint64_t data_off)
 
   if (!ob)
     return -ENOMEM;
+  /* A ZERO block (VHDX) reads zeros whatever the parent holds.  The
+   * overlay has no such state, so the block gets a fresh payload block in
+   * our file (a hole: zeros) with every sector ours, and is marked dirty:
+   * the next flush records it FULLY_PRESENT.  Until then the file still
+   * says ZERO; both read zeros. */
+  if (st == BLK_ZERO && (r = ov->child->ops->alloc (ov->child, b,
+                                                    &data_off)) < 0) {
+    free (ob);
+    return r;
+  }
   ob->data_off = data_off;
-  if (st == BLK_FULL)
+  if (st == BLK_FULL || st == BLK_ZERO)
     memset (ld->bits, 0xFF, nbytes);
   else if ((r = ld->l->ops->bitmap (ld->l, b, data_off, ld->bits)) < 0) {
     free (ob);
@@ -498,7 +534,7 @@ load_block (void *opaque, uint64_t b, enum block_state st, uint64_t data_off)
   for (size_t i = 0; i < nbytes; i++)
     ob->bits[i / 8] |= (uint64_t) ld->bits[i] << (8 * (i % 8));
   ov->blocks[b] = ob;
-  return 0;
+  return st == BLK_ZERO ? mark_dirty (ov, b, ob) : 0;
 }
 
 static int
@@ -512,13 +548,36 @@ create_child (int fd, const char *path, struct chain *c,
 
   if (!real)
     return vc_error (errno, "%s: %m", tip->path);
-  if (tip->format == FMT_VHD)
-    r = vhd_child_create (fd, path, &p, out);
+  if (tip->format == FMT_VHDX)
+    r = vhdx_child_create (fd, path, &p, out);
   else
-    r = vc_error (ENOTSUP, "%s: writes to VHDX chains are not supported "
-                  "yet (serve it read-only with nbdkit -r)", tip->path);
+    r = vhd_child_create (fd, path, &p, out);
   free (real);
   return r;
+}
+
+/* One writer per layer file: two servers continuing one layer would
+ * allocate over each other and rewrite each other's BAT sectors. */
+static int
+lock_layer (int fd, const char *path)
+{
+  if (flock (fd, LOCK_EX | LOCK_NB) == 0)
+    return 0;
+  return vc_error (errno == EWOULDBLOCK ? EBUSY : errno, "%s: in use by "
+                   "another writer (locked); refusing to write it", path);
+}
+
+static void
+sync_dir (const char *path)
+{
+  char *copy = strdup (path);
+  int dfd = copy ? open (dirname (copy), O_RDONLY | O_DIRECTORY) : -1;
+
+  if (dfd >= 0) {
+    fsync (dfd);
+    close (dfd);
+  }
+  free (copy);
 }
 
 /* An existing overlay= file must be a child of the tip: never overwrite.
@@ -560,7 +619,10 @@ attach_child (struct overlay *ov, struct chain *c, const char *path)
   ld.l = l;
   if ((fd = open (path, O_RDWR | O_CLOEXEC)) == -1)
     r = vc_error (errno, "%s: opening for writing: %m", path);
-  else if ((r = vhd_child_attach (fd, l, &ov->child)) == 0) {
+  else if ((r = lock_layer (fd, path)) < 0)
+    ;
+  else if ((r = (l->format == FMT_VHDX ? vhdx_child_attach
+                 : vhd_child_attach) (fd, l, &ov->child)) == 0) {
     fd = -1;                    /* the child owns it now */
     r = init_state (ov, ov->child);
     if (r == 0 && !(ld.bits = malloc (l->block_size / l->sector / 8)))
@@ -577,52 +639,66 @@ attach_child (struct overlay *ov, struct chain *c, const char *path)
   return r;
 }
 
-/* A new file: at overlay=PATH (created exclusively) or a temporary one,
- * unlinked at once so that not even a crash leaves it behind. */
+/* A new file, always made under a temporary name: a kept layer in PATH's
+ * folder, linked to PATH only once it is complete (so a crash meanwhile
+ * leaves no half-made layer at PATH, and a file that appeared at PATH is
+ * never replaced); a temporary one in $TMPDIR, unlinked once made, so that
+ * not even a crash leaves it behind. */
 static int
-new_file (const struct overlay_opts *o, char **path)
+new_file (const struct overlay_opts *o, char **tmp)
 {
-  const char *dir = o->tmpdir ? o->tmpdir : getenv ("TMPDIR");
-  int fd;
+  char *copy = o->path ? strdup (o->path) : NULL;
+  const char *dir = o->path ? (copy ? dirname (copy) : NULL)
+                  : o->tmpdir ? o->tmpdir : getenv ("TMPDIR");
+  int fd = -1;
 
-  if (o->path) {
-    fd = open (o->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    *path = strdup (o->path);
-    return fd >= 0 ? fd : vc_error (errno, "%s: creating: %m", o->path);
-  }
-  if (asprintf (path, "%s/vhdchain-XXXXXX.avhd", dir ? dir : "/var/tmp") < 0)
+  if (o->path && !copy)
     return vc_error (ENOMEM, "out of memory");
-  fd = mkostemps (*path, 5, O_CLOEXEC);
-  if (fd == -1)
-    return vc_error (errno, "%s: creating the temporary layer: %m", *path);
+  if (asprintf (tmp, "%s/%svhdchain-XXXXXX.avhd", dir ? dir : "/var/tmp",
+                o->path ? "." : "") < 0)
+    *tmp = NULL;
+  free (copy);
+  if (!*tmp)
+    return vc_error (ENOMEM, "out of memory");
+  if ((fd = mkostemps (*tmp, 5, O_CLOEXEC)) == -1)
+    return vc_error (errno, "%s: creating the %s layer: %m", *tmp,
+                     o->path ? "new" : "temporary");
   return fd;
 }
 
-static void
-sync_dir (const char *path)
+/* Move the finished layer to its name, never over an existing file. */
+static int
+place (const char *tmp, const char *path)
 {
-  char *copy = strdup (path);
-  int dfd = copy ? open (dirname (copy), O_RDONLY | O_DIRECTORY) : -1;
-
-  if (dfd >= 0) {
-    fsync (dfd);
-    close (dfd);
-  }
-  free (copy);
+  if (renameat2 (AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) == 0)
+    return 0;
+  if (errno != EINVAL && errno != ENOSYS)
+    return -1;
+  return link (tmp, path);      /* file systems without RENAME_NOREPLACE */
 }
 
 static int
 create_new (struct overlay *ov, struct chain *c, const struct overlay_opts *o)
 {
-  int fd = new_file (o, &ov->path), r;
+  char *tmp = NULL;
+  int fd = new_file (o, &tmp), r;
 
-  if (fd < 0)
+  if (fd < 0) {
+    free (tmp);
     return fd;
-  r = create_child (fd, ov->path, c, o, &ov->child);
-  if (r < 0 || !o->path)
-    unlink (ov->path);
+  }
+  r = lock_layer (fd, tmp);
+  if (r == 0)
+    r = create_child (fd, o->path ? o->path : tmp, c, o, &ov->child);
+  if (r == 0 && o->path && place (tmp, o->path) == -1)
+    r = vc_error (errno, "%s: %m", o->path);
+  unlink (tmp);
+  ov->path = o->path ? strdup (o->path) : tmp;
+  if (o->path)
+    free (tmp);
   if (r < 0) {
-    close (fd);
+    if (!ov->child)
+      close (fd);
     return r;
   }
   if (o->path)

@@ -11,7 +11,8 @@
 
 struct chain_opts chain_opts;
 enum io_engine io_engine = IO_AUTO;
-static char *tip, *keep;
+static char *tip, *keep, *vm_path, *checkpoint, *disk;
+static struct vm *vm;
 
 /* Append a copy of value to a string list. */
 static int
@@ -91,6 +92,28 @@ set_path (char **where, const char *key, const char *value, bool exists)
   return *where ? 0 : -1;
 }
 
+static int
+set_string (char **where, const char *value)
+{
+  free (*where);
+  if (!(*where = strdup (value)))
+    nbdkit_error ("strdup: %m");
+  return *where ? 0 : -1;
+}
+
+/* vm=FOLDER: every point of the VM becomes an export. */
+static int
+open_vm (void)
+{
+  struct vm_opts o = { .chain = chain_opts };
+
+  if (vm_open (vm_path, &o, &vm) < 0) {
+    nbdkit_error ("%s", vc_last_error ());
+    return -1;
+  }
+  return exports_add_vm (vm, checkpoint, disk, keep);
+}
+
 int
 vhdchain_config (const char *key, const char *value)
 {
@@ -100,6 +123,12 @@ vhdchain_config (const char *key, const char *value)
     return set_path (&tip, key, value, true);
   if (strcmp (key, "overlay") == 0)
     return set_path (&keep, key, value, false);
+  if (strcmp (key, "vm") == 0)
+    return set_path (&vm_path, key, value, true);
+  if (strcmp (key, "checkpoint") == 0)
+    return set_string (&checkpoint, value);
+  if (strcmp (key, "disk") == 0)
+    return set_string (&disk, value);
   if (strcmp (key, "search") == 0)
     return list_add (&chain_opts.search, &chain_opts.nr_search, value);
   if (strcmp (key, "parent") == 0)
@@ -124,9 +153,13 @@ vhdchain_config (const char *key, const char *value)
 int
 vhdchain_config_complete (void)
 {
-  if (!tip) {
-    nbdkit_error ("the file=TIP parameter is required (the chain's tip: "
-                  "a .vhd, .avhd, .vhdx or .avhdx file)");
+  if (!tip == !vm_path) {
+    nbdkit_error ("give either file=TIP (the chain's tip: a .vhd, .avhd, "
+                  ".vhdx or .avhdx file) or vm=FOLDER (a Hyper-V VM folder)");
+    return -1;
+  }
+  if ((checkpoint || disk) && !vm_path) {
+    nbdkit_error ("checkpoint= and disk= go with vm=FOLDER");
     return -1;
   }
   vc_clear_error ();
@@ -134,7 +167,8 @@ vhdchain_config_complete (void)
     nbdkit_error ("%s", vc_last_error ());
     return -1;
   }
-  if (exports_add ("", tip, tip, keep, NULL) < 0 || exports_open () < 0)
+  if ((vm_path ? open_vm () : exports_add ("", tip, tip, keep, NULL) ? 0 : -1)
+      < 0 || exports_open () < 0)
     return -1;
   nbdkit_debug ("read engine %s", io_engine_name ());
   return 0;
@@ -144,8 +178,12 @@ void
 config_free (void)
 {
   exports_free ();
+  vm_free (vm);
   free (tip);
   free (keep);
+  free (vm_path);
+  free (checkpoint);
+  free (disk);
   for (size_t i = 0; i < chain_opts.nr_parents; i++)
     free (chain_opts.parents[i]);
   for (size_t i = 0; i < chain_opts.nr_search; i++)

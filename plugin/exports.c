@@ -9,6 +9,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
@@ -18,8 +19,9 @@
 
 static struct export *exports;
 static size_t nr_exports;
+static char *default_name;
 
-int
+struct export *
 exports_add (const char *name, const char *description, const char *tip,
              const char *keep, const char *unavailable)
 {
@@ -27,7 +29,7 @@ exports_add (const char *name, const char *description, const char *tip,
 
   if (!e) {
     nbdkit_error ("realloc: %m");
-    return -1;
+    return NULL;
   }
   exports = e;
   e = &exports[nr_exports];
@@ -40,16 +42,24 @@ exports_add (const char *name, const char *description, const char *tip,
       (keep && !(e->keep = strdup (keep))) ||
       (unavailable && !(e->unavailable = strdup (unavailable)))) {
     nbdkit_error ("strdup: %m");
-    return -1;
+    return NULL;
   }
-  return 0;
+  return e;
+}
+
+void
+exports_set_default (const char *name)
+{
+  free (default_name);
+  default_name = strdup (name);
 }
 
 static int
 open_one (struct export *e)
 {
   vc_clear_error ();
-  if (chain_open (e->tip, &chain_opts, &e->chain) < 0 ||
+  if ((e->vm ? vm_chain_open (e->vm, e->disk, &chain_opts, &e->chain)
+             : chain_open (e->tip, &chain_opts, &e->chain)) < 0 ||
       map_build (e->chain, &e->map) < 0) {
     nbdkit_error ("%s", vc_last_error ());
     return -1;
@@ -73,7 +83,8 @@ struct export *
 exports_find (const char *name)
 {
   for (size_t i = 0; i < nr_exports; i++)
-    if (strcmp (exports[i].name, name) == 0)
+    if (strcmp (exports[i].name, name) == 0 ||
+        (exports[i].alias && strcasecmp (exports[i].alias, name) == 0))
       return &exports[i];
   nbdkit_error ("no export named '%s' (nbdinfo --list shows them)", name);
   return NULL;
@@ -117,7 +128,7 @@ exports_list (struct nbdkit_exports *list)
 const char *
 exports_default (void)
 {
-  return nr_exports ? exports[0].name : "";
+  return default_name ? default_name : nr_exports ? exports[0].name : "";
 }
 
 void
@@ -133,12 +144,15 @@ exports_free (void)
     map_free (e->map);
     chain_close (e->chain);
     free (e->name);
+    free (e->alias);
     free (e->description);
     free (e->tip);
     free (e->keep);
     free (e->unavailable);
   }
   free (exports);
+  free (default_name);
   exports = NULL;
+  default_name = NULL;
   nr_exports = 0;
 }

@@ -6,6 +6,7 @@
 #include <stdatomic.h>
 
 #include "chain.h"
+#include "hyperv.h"
 #include "io.h"
 #include "map.h"
 #include "overlay.h"
@@ -13,8 +14,11 @@
 /* One NBD export: a point of a chain, opened at start-up. */
 struct export {
   char *name;                   /* "" is the default export */
+  char *alias;                  /* also accepted: a checkpoint GUID */
   char *description;
   char *tip;                    /* NULL when unavailable */
+  const struct vm *vm;          /* a VM folder's point: opened through it */
+  const struct vm_disk *disk;
   char *unavailable;            /* why it cannot be served, or NULL */
   struct chain *chain;
   struct map *map;
@@ -40,11 +44,18 @@ void config_free (void);
   "io=auto|uring|pread      read engine (default auto: io_uring, else pread)\n" \
   "overlay=PATH             keep the writable layer at PATH (default: a\n" \
   "                         temporary file in $TMPDIR or /var/tmp); an\n" \
-  "                         existing child of the tip at PATH is continued"
+  "                         existing child of the tip at PATH is continued\n" \
+  "vm=FOLDER                a Hyper-V VM folder: one export per checkpoint\n" \
+  "checkpoint=NAME|GUID     with vm=: the default export (default: Now)\n" \
+  "disk=LOCATION|FILE       with vm=: which disk (\"IDE 0:0\", file name)"
 
-/* exports.c: the set of exports. */
-int exports_add (const char *name, const char *description, const char *tip,
-                 const char *keep, const char *unavailable);
+/* exports.c: the set of exports; vm-exports.c: those of a VM folder. */
+struct export *exports_add (const char *name, const char *description,
+                            const char *tip, const char *keep,
+                            const char *unavailable);
+void exports_set_default (const char *name);
+int exports_add_vm (const struct vm *, const char *checkpoint,
+                    const char *disk, const char *keep);
 int exports_open (void);
 struct export *exports_find (const char *name);
 int export_make_writable (struct export *);

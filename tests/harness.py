@@ -425,15 +425,21 @@ def vhd_structure_problems(path, parent=None, block_size=None):
     file before the trailing footer, past the BAT, without overlapping each
     other, the header or the locator payloads; with parent= (a VHD path)
     that the parent identity matches that file's footer id."""
-    import struct
-    import vhdgen as g
-    bad = []
     size = os.path.getsize(path)
     if size % 512 or size < 512 + 1024 + 512:
         return ['file size %d is not a sane VHD size' % size]
     with open(path, 'rb') as f:
-        raw = f.read()
-    trailer, copy = raw[-512:], raw[:512]
+        def at(off, n):
+            f.seek(off)
+            return f.read(n)
+        return _vhd_problems(at, size, parent, block_size)
+
+
+def _vhd_problems(at, size, parent, block_size):
+    import struct
+    import vhdgen as g
+    bad = []
+    trailer, copy = at(size - 512, 512), at(0, 512)
     for name, foot in (('trailing footer', trailer), ('footer copy', copy)):
         if foot[:8] != b'conectix':
             bad.append('%s: no conectix cookie' % name)
@@ -450,7 +456,7 @@ def vhd_structure_problems(path, parent=None, block_size=None):
     hoff = foot['data_offset']
     if hoff % 512 or hoff + 1024 > size - 512:
         return bad + ['header offset %d outside the file' % hoff]
-    hraw = raw[hoff:hoff + 1024]
+    hraw = at(hoff, 1024)
     if hraw[:8] != b'cxsparse':
         return bad + ['dynamic header: no cxsparse cookie']
     if g.vhd_checksum(hraw, g.HEADER_CHECKSUM_AT) != \
@@ -481,7 +487,7 @@ def vhd_structure_problems(path, parent=None, block_size=None):
         if off + length > end:
             bad.append('locator %d payload outside the file' % slot)
         used.append((off, off + max(length, 1), 'locator %d' % slot))
-    bat = struct.unpack_from('>%dI' % n, raw, bat_off)
+    bat = struct.unpack('>%dI' % n, at(bat_off, 4 * n))
     for b, e in enumerate(bat):
         if e == g.UNALLOCATED:
             continue
@@ -525,3 +531,12 @@ def first_difference(got, want):
         if got[i] != want[i]:
             return i
     return n
+
+
+def allow_unaligned(h):
+    """Let libnbd send requests that are not multiples of the export's
+    minimum block size (the plugin serves them; libnbd refuses them by
+    default).  Returns h."""
+    import nbd
+    h.set_strict_mode(h.get_strict_mode() & ~nbd.STRICT_ALIGN)
+    return h
