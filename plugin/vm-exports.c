@@ -87,7 +87,7 @@ add_point (const struct vm *vm, const struct vm_point *p, const char *disk,
            const char *keep)
 {
   const struct vm_disk *d = pick_disk (p, disk);
-  char *desc = describe (p, d), why[256] = "";
+  char *desc = describe (p, d), *full = NULL, why[512] = "";
   struct export *e;
 
   if (!d)
@@ -95,9 +95,13 @@ add_point (const struct vm *vm, const struct vm_point *p, const char *disk,
   else if (!p->available || !d->tip)
     snprintf (why, sizeof why, "%s", p->problem ? p->problem : d->problem
               ? d->problem : "its disk is missing");
-  e = exports_add (name_repeats (vm, p) ? p->id : p->name, desc,
-                   why[0] ? NULL : d->tip, keep, why[0] ? why : NULL);
+  if (why[0] && desc && asprintf (&full, "%s; unavailable: %s", desc, why) < 0)
+    full = NULL;
+  e = exports_add (name_repeats (vm, p) ? p->id : p->name,
+                   full ? full : desc, why[0] ? NULL : d->tip, keep,
+                   why[0] ? why : NULL);
   free (desc);
+  free (full);
   if (!e || !(e->alias = strdup (p->id)))
     return -1;
   e->vm = vm;

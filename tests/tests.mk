@@ -134,3 +134,7 @@ EXTRA_DIST += \
 	tests/test-vhdx-write.py \
 	tests/test-vhdx-crash.py \
 	tests/test-vhdx-malformed.py
+
+# vm=FOLDER: one export per checkpoint.
+TESTS += tests/test-vm-exports.py
+EXTRA_DIST += tests/test-vm-exports.py
