@@ -16,9 +16,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
-#include <sys/random.h>
 
 #include "byteorder.h"
 #include "cli.h"
@@ -38,63 +36,6 @@ struct dvhd {
   uint32_t *bat;                /* host order */
   uint64_t next;                /* file offset for the next block */
 };
-
-/* VHD spec appendix "CHS calculation", as FORMATS.md 2.2 states it. */
-static uint32_t
-chs_geometry (uint64_t size)
-{
-  uint64_t n = size / 512, cth;
-  uint32_t spt, heads;
-
-  if (n > 65535ull * 16 * 255)
-    n = 65535ull * 16 * 255;
-  if (n >= 65535ull * 16 * 63) {
-    spt = 255;
-    heads = 16;
-    cth = n / spt;
-  }
-  else {
-    spt = 17;
-    cth = n / spt;
-    heads = (cth + 1023) / 1024;
-    if (heads < 4)
-      heads = 4;
-    if (cth >= heads * 1024ull || heads > 16) {
-      spt = 31;
-      heads = 16;
-      cth = n / spt;
-    }
-    if (cth >= heads * 1024ull) {
-      spt = 63;
-      heads = 16;
-      cth = n / spt;
-    }
-  }
-  return (uint32_t) (cth / heads) << 16 | heads << 8 | spt;
-}
-
-static void
-make_footer (uint8_t *f, uint64_t size)
-{
-  memset (f, 0, VHD_FOOTER_SIZE);
-  memcpy (f, "conectix", 8);
-  put_be32 (f + 8, 2);
-  put_be32 (f + 12, 0x00010000);
-  put_be64 (f + 16, VHD_FOOTER_SIZE);
-  put_be32 (f + 24, time (NULL) - VHD_EPOCH);
-  memcpy (f + 28, "vhdc", 4);
-  put_be32 (f + 32, 0x00000001);
-  memcpy (f + 36, "Wi2k", 4);
-  put_be64 (f + 40, size);
-  put_be64 (f + 48, size);
-  put_be32 (f + 56, chs_geometry (size));
-  put_be32 (f + 60, 3);                         /* dynamic */
-  if (getrandom (f + 68, 16, 0) != 16)
-    memset (f + 68, 0x5A, 16);                  /* not reached on Linux */
-  f[68 + 6] = (f[68 + 6] & 0x0F) | 0x40;        /* a version 4 GUID */
-  f[68 + 8] = (f[68 + 8] & 0x3F) | 0x80;
-  put_be32 (f + 64, vhd_checksum (f, VHD_FOOTER_SIZE, 64));
-}
 
 static void
 make_header (uint8_t *h, uint64_t nr_blocks)
@@ -180,7 +121,7 @@ dvhd_finish (struct dvhd *d)
   int r = meta ? 0 : -ENOMEM;
 
   if (r == 0) {
-    make_footer (footer, d->size);
+    vhd_make_footer (footer, 3, d->size, vhd_chs_geometry (d->size));
     memcpy (meta, footer, VHD_FOOTER_SIZE);
     make_header (meta + VHD_FOOTER_SIZE, d->nr_blocks);
     memset (meta + BAT_OFF, 0xFF, bat_bytes);

@@ -296,20 +296,6 @@ name_char (char c)
   return c && !isspace ((unsigned char) c) && !strchr ("/<>=\"'&", c);
 }
 
-static size_t
-put_utf8 (char *p, uint32_t c)
-{
-  if (c < 0x80) { p[0] = c; return 1; }
-  if (c < 0x800) { p[0] = 0xC0 | (c >> 6); p[1] = 0x80 | (c & 0x3F); return 2; }
-  if (c < 0x10000) {
-    p[0] = 0xE0 | (c >> 12); p[1] = 0x80 | ((c >> 6) & 0x3F);
-    p[2] = 0x80 | (c & 0x3F); return 3;
-  }
-  p[0] = 0xF0 | (c >> 18); p[1] = 0x80 | ((c >> 12) & 0x3F);
-  p[2] = 0x80 | ((c >> 6) & 0x3F); p[3] = 0x80 | (c & 0x3F);
-  return 4;
-}
-
 /* A growing text buffer, bounded by CFG_MAX_TEXT. */
 struct text {
   char *s;
@@ -368,7 +354,7 @@ read_chars (struct xml *x, struct text *t, char stop)
           v > 0x10FFFF || (v >= 0xD800 && v < 0xE000))
         return xml_error (x, x->pos, "bad character reference %.*s",
                           (int) (semi - p + 1), p);
-      n = put_utf8 (buf, v);
+      n = utf8_put (buf, v);
     }
     else {
       static const struct { const char *name; char c; } ents[] = {

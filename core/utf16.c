@@ -8,8 +8,8 @@
 #include "byteorder.h"
 #include "utf16.h"
 
-static size_t
-put_utf8 (char *p, uint32_t c)
+size_t
+utf8_put (char *p, uint32_t c)
 {
   if (c < 0x80) { p[0] = c; return 1; }
   if (c < 0x800) { p[0] = 0xC0 | (c >> 6); p[1] = 0x80 | (c & 0x3F); return 2; }
@@ -51,7 +51,7 @@ utf16_to_utf8 (const uint8_t *in, size_t nbytes, bool big_endian, char **out)
     }
     else if (c >= 0xDC00 && c < 0xE000)
       goto bad;
-    n += put_utf8 (s + n, c);
+    n += utf8_put (s + n, c);
   }
   s[n] = '\0';
   *out = s;

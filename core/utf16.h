@@ -21,4 +21,7 @@ int utf16_to_utf8 (const uint8_t *in, size_t nbytes, bool big_endian,
 long utf8_to_utf16 (const char *in, bool big_endian, uint8_t *out,
                     size_t outmax);
 
+/* Encode code point c as UTF-8 at p (room for 4 bytes); the length. */
+size_t utf8_put (char *p, uint32_t c);
+
 #endif

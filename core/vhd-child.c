@@ -17,10 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 #include <sys/stat.h>
-#include <uuid/uuid.h>
 
 #include "byteorder.h"
 #include "child.h"
@@ -67,18 +65,6 @@ vhd_child_alloc (struct child *c, uint64_t block, uint64_t *data_off)
   return 0;
 }
 
-/* MSB-first on disk (FORMATS.md 2.5): the reverse of the layer's order. */
-static void
-bits_to_disk (const uint8_t *bits, uint8_t *out, size_t n)
-{
-  for (size_t i = 0; i < n; i++) {
-    uint8_t x = bits[i];
-    x = (x & 0xF0) >> 4 | (x & 0x0F) << 4;
-    x = (x & 0xCC) >> 2 | (x & 0x33) << 2;
-    out[i] = (x & 0xAA) >> 1 | (x & 0x55) << 1;
-  }
-}
-
 static int
 write_bat_sector (struct child *c, uint64_t first)
 {
@@ -101,7 +87,7 @@ vhd_child_commit (struct child *c, const struct child_dirty *d, size_t n)
   int r = disk ? 0 : -ENOMEM;
 
   for (size_t i = 0; i < n && r == 0; i++) {
-    bits_to_disk (d[i].bits, disk, nbits);
+    vhd_bitmap_flip (disk, d[i].bits, nbits);
     r = io_pwrite_full (c->fd, disk, v->bitmap_size,
                         d[i].data_off - v->bitmap_size);
     v->bat[d[i].block] = (d[i].data_off - v->bitmap_size) / 512;
@@ -131,29 +117,6 @@ static const struct child_ops vhd_child_ops = {
   .commit = vhd_child_commit,
   .close = vhd_child_close,
 };
-
-static void
-make_footer (uint8_t *f, const struct layer *parent, uint32_t chs)
-{
-  uuid_t id;
-
-  memset (f, 0, VHD_FOOTER_SIZE);
-  memcpy (f, "conectix", 8);
-  put_be32 (f + 8, 2);
-  put_be32 (f + 12, 0x00010000);
-  put_be64 (f + 16, VHD_FOOTER_SIZE);
-  put_be32 (f + 24, time (NULL) - VHD_EPOCH);
-  memcpy (f + 28, "vhdc", 4);
-  put_be32 (f + 32, 0x00000001);
-  memcpy (f + 36, "Wi2k", 4);
-  put_be64 (f + 40, parent->size);
-  put_be64 (f + 48, parent->size);
-  put_be32 (f + 56, chs);
-  put_be32 (f + 60, 4);
-  uuid_generate_random (id);
-  memcpy (f + 68, id, 16);
-  put_be32 (f + 64, vhd_checksum (f, VHD_FOOTER_SIZE, 64));
-}
 
 /* "file:///a%20b": MacX locator for the exact Linux path. */
 static char *
@@ -286,7 +249,7 @@ vhd_child_create (int fd, const char *path, const struct parent_ref *p,
   }
   if (r == 0) {
     c->fd = fd;
-    make_footer (v->footer, p->layer, pl.chs);
+    vhd_make_footer (v->footer, 4, p->layer->size, pl.chs);
     memcpy (img, v->footer, VHD_FOOTER_SIZE);
     v->bat_off = make_header (img, p, c, loc);
     memset (img + v->bat_off, 0xFF, c->nr_blocks * 4);

@@ -19,6 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <uuid/uuid.h>
 
 #include "byteorder.h"
 #include "error.h"
@@ -463,19 +465,13 @@ static int
 vhd_bitmap (struct layer *l, uint64_t b, uint64_t data_off, uint8_t *bits)
 {
   struct vhd *v = l->priv;
-  size_t i, n = l->block_size / 512 / 8;
+  size_t n = l->block_size / 512 / 8;
   int r;
 
   r = layer_pread (l, bits, n, data_off - v->bitmap_size, "sector bitmap");
-  if (r < 0)
-    return r;
-  for (i = 0; i < n; i++) {     /* MSB-first on disk, LSB-first in a layer */
-    uint8_t x = bits[i];
-    x = (x & 0xF0) >> 4 | (x & 0x0F) << 4;
-    x = (x & 0xCC) >> 2 | (x & 0x33) << 2;
-    bits[i] = (x & 0xAA) >> 1 | (x & 0x55) << 1;
-  }
-  return 0;
+  if (r == 0)
+    vhd_bitmap_flip (bits, bits, n);
+  return r;
 }
 
 static void
@@ -566,4 +562,72 @@ vhd_layout (const struct layer *l, struct vhd_layout *out)
 
   *out = (struct vhd_layout) { v->bat_off, v->bat_entries, v->bitmap_size,
                                v->data_end, v->chs, v->chs_size };
+}
+
+void
+vhd_bitmap_flip (uint8_t *out, const uint8_t *in, size_t n)
+{
+  for (size_t i = 0; i < n; i++) {
+    uint8_t x = in[i];
+    x = (x & 0xF0) >> 4 | (x & 0x0F) << 4;
+    x = (x & 0xCC) >> 2 | (x & 0x33) << 2;
+    out[i] = (x & 0xAA) >> 1 | (x & 0x55) << 1;
+  }
+}
+
+/* VHD spec appendix "CHS calculation", as FORMATS.md 2.2 states it. */
+uint32_t
+vhd_chs_geometry (uint64_t size)
+{
+  uint64_t n = size / 512, cth;
+  uint32_t spt, heads;
+
+  if (n > 65535ull * 16 * 255)
+    n = 65535ull * 16 * 255;
+  if (n >= 65535ull * 16 * 63) {
+    spt = 255;
+    heads = 16;
+    cth = n / spt;
+  }
+  else {
+    spt = 17;
+    cth = n / spt;
+    heads = (cth + 1023) / 1024;
+    if (heads < 4)
+      heads = 4;
+    if (cth >= heads * 1024ull || heads > 16) {
+      spt = 31;
+      heads = 16;
+      cth = n / spt;
+    }
+    if (cth >= heads * 1024ull) {
+      spt = 63;
+      heads = 16;
+      cth = n / spt;
+    }
+  }
+  return (uint32_t) (cth / heads) << 16 | heads << 8 | spt;
+}
+
+void
+vhd_make_footer (uint8_t *f, uint32_t type, uint64_t size, uint32_t chs)
+{
+  uuid_t id;
+
+  memset (f, 0, FOOTER_SIZE);
+  memcpy (f, "conectix", 8);
+  put_be32 (f + 8, 2);                          /* reserved bit */
+  put_be32 (f + 12, 0x00010000);
+  put_be64 (f + 16, FOOTER_SIZE);
+  put_be32 (f + 24, time (NULL) - VHD_EPOCH);
+  memcpy (f + 28, "vhdc", 4);
+  put_be32 (f + 32, 0x00000001);
+  memcpy (f + 36, "Wi2k", 4);
+  put_be64 (f + 40, size);
+  put_be64 (f + 48, size);
+  put_be32 (f + 56, chs);
+  put_be32 (f + 60, type);
+  uuid_generate_random (id);
+  memcpy (f + 68, id, 16);
+  put_be32 (f + 64, vhd_checksum (f, FOOTER_SIZE, 64));
 }
