@@ -138,3 +138,6 @@ EXTRA_DIST += \
 # vm=FOLDER: one export per checkpoint.
 TESTS += tests/test-vm-exports.py
 EXTRA_DIST += tests/test-vm-exports.py
+
+# Shared by the C unit tests.
+EXTRA_DIST += tests/unit.h

@@ -5,22 +5,11 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "unit.h"
 #include "crc32c.h"
 #include "guid.h"
 
-static int passed, failed;
 
-#define CHECK(cond, ...)                                        \
-  do {                                                          \
-    if (cond)                                                   \
-      passed++;                                                 \
-    else {                                                      \
-      failed++;                                                 \
-      fprintf (stderr, "FAIL %s:%d: ", __FILE__, __LINE__);     \
-      fprintf (stderr, __VA_ARGS__);                            \
-      fputc ('\n', stderr);                                     \
-    }                                                           \
-  } while (0)
 
 static void
 test_crc_vectors (void)

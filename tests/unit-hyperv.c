@@ -33,26 +33,15 @@
 #include <unistd.h>
 #include <sys/stat.h>
 
+#include "unit.h"
 #include "byteorder.h"
 #include "error.h"
 #include "hyperv.h"
 
-static int passed, failed;
 static const char *samples;
 static char tmpdir[64];
 static bool verbose;
 
-#define CHECK(cond, ...)                                        \
-  do {                                                          \
-    if (cond)                                                   \
-      passed++;                                                 \
-    else {                                                      \
-      failed++;                                                 \
-      fprintf (stderr, "FAIL %s:%d: ", __FILE__, __LINE__);     \
-      fprintf (stderr, __VA_ARGS__);                            \
-      fputc ('\n', stderr);                                     \
-    }                                                           \
-  } while (0)
 
 #define SAMPLE_DISK \
   "C:\\Users\\Public\\Documents\\Hyper-V\\Virtual Hard Disks\\" \

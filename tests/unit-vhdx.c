@@ -26,6 +26,7 @@
 #include <unistd.h>
 #include <sys/stat.h>
 
+#include "unit.h"
 #include "byteorder.h"
 #include "crc32c.h"
 #include "error.h"
@@ -36,22 +37,10 @@
 #define MiB (UINT64_C (1024) * 1024)
 #define GiB (MiB * 1024)
 
-static int passed, failed;
 static const char *samples;
 static char tmpdir[64];
 static bool verbose;
 
-#define CHECK(cond, ...)                                        \
-  do {                                                          \
-    if (cond)                                                   \
-      passed++;                                                 \
-    else {                                                      \
-      failed++;                                                 \
-      fprintf (stderr, "FAIL %s:%d: ", __FILE__, __LINE__);     \
-      fprintf (stderr, __VA_ARGS__);                            \
-      fputc ('\n', stderr);                                     \
-    }                                                           \
-  } while (0)
 
 /* ---- small helpers ---- */
 
