@@ -1412,7 +1412,8 @@ vm_chain_open (const struct vm *vm, const struct vm_disk *d,
                      : "the disk is unavailable");
   if (!(s = calloc (o->nr_search + vm->nr_search + 1, sizeof *s)))
     return vc_error (ENOMEM, "%s: out of memory", d->tip);
-  memcpy (s, o->search, o->nr_search * sizeof *s);
+  if (o->nr_search)             /* o->search may be NULL then */
+    memcpy (s, o->search, o->nr_search * sizeof *s);
   memcpy (s + o->nr_search, vm->search, vm->nr_search * sizeof *s);
   co.search = s;
   co.nr_search = o->nr_search + vm->nr_search;

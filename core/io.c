@@ -8,6 +8,11 @@
  * Nothing is shared between rings, so no locking is needed.  If a ring
  * cannot be set up in auto mode (seccomp, io_uring_disabled, RLIMIT_MEMLOCK)
  * every thread falls back to pread for good, and that is said once.
+ *
+ * With direct=true the chain is read with O_DIRECT (no page cache, for
+ * streaming huge chains): each segment is widened to IO_DIRECT_ALIGN and
+ * read with pread into the thread's aligned bounce buffer, from which the
+ * asked-for bytes are copied.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -28,6 +33,11 @@ static atomic_bool uring_broken;
 static pthread_key_t ring_key;
 static pthread_once_t ring_once = PTHREAD_ONCE_INIT;
 static __thread struct io_uring *ring;
+static pthread_key_t bounce_key;
+static pthread_once_t bounce_once = PTHREAD_ONCE_INIT;
+static __thread char *bounce;
+
+#define BOUNCE_SIZE (UINT64_C (1) << 20)
 
 int
 io_pread_full (int fd, void *buf, size_t len, uint64_t off)
@@ -186,15 +196,59 @@ uring_batch (struct io_uring *r, const struct io_seg *segs, unsigned n)
   return err;
 }
 
+static void
+make_bounce_key (void)
+{
+  pthread_key_create (&bounce_key, free);
+}
+
+/* [s->off, s->off + s->len) through aligned reads of the bounce buffer.
+ * The widened tail may run past the end of the file: only the asked-for
+ * bytes must be there. */
+static int
+direct_read (const struct io_seg *s)
+{
+  uint64_t pos = s->off / IO_DIRECT_ALIGN * IO_DIRECT_ALIGN;
+  uint64_t end = s->off + s->len;
+
+  if (!bounce) {
+    pthread_once (&bounce_once, make_bounce_key);
+    if (posix_memalign ((void **) &bounce, IO_DIRECT_ALIGN, BOUNCE_SIZE))
+      return -ENOMEM;
+    pthread_setspecific (bounce_key, bounce);
+  }
+  while (pos < end) {
+    uint64_t want = (end - pos + IO_DIRECT_ALIGN - 1) / IO_DIRECT_ALIGN *
+                    IO_DIRECT_ALIGN;
+    ssize_t r = pread (s->fd, bounce, want < BOUNCE_SIZE ? want : BOUNCE_SIZE,
+                       pos);
+    uint64_t a, b;
+
+    if (r == -1 && errno == EINTR)
+      continue;
+    if (r == -1)
+      return -errno;
+    if (r == 0 || (pos + r < end && r % IO_DIRECT_ALIGN))
+      return -EIO;              /* the file ends before the data does */
+    a = pos > s->off ? pos : s->off;
+    b = pos + r < end ? pos + r : end;
+    memcpy ((char *) s->buf + (a - s->off), bounce + (a - pos), b - a);
+    pos += r;
+  }
+  return 0;
+}
+
 int
 io_read (const struct io_seg *segs, size_t n)
 {
-  struct io_uring *r = n > 1 ? get_ring () : NULL;
+  struct io_uring *r = n > 1 && !segs[0].direct ? get_ring () : NULL;
   int err = 0;
 
   if (!r) {
     for (size_t i = 0; i < n && err == 0; i++)
-      err = io_pread_full (segs[i].fd, segs[i].buf, segs[i].len, segs[i].off);
+      err = segs[i].direct ? direct_read (&segs[i])
+            : io_pread_full (segs[i].fd, segs[i].buf, segs[i].len,
+                             segs[i].off);
     return err;
   }
   for (size_t i = 0; i < n && err == 0; i += RING_ENTRIES)

@@ -2,6 +2,7 @@
 #ifndef VHDCHAIN_IO_H
 #define VHDCHAIN_IO_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -12,7 +13,12 @@ struct io_seg {
   uint64_t off;
   size_t len;
   void *buf;
+  bool direct;                  /* fd is O_DIRECT: read through a bounce */
 };
+
+/* O_DIRECT needs offsets, lengths and memory aligned to the device's
+ * logical block; 4096 covers every device this meets. */
+#define IO_DIRECT_ALIGN 4096
 
 /* Choose the engine.  IO_URING fails here if this process cannot set up a
  * ring; IO_AUTO falls back to pread for good the first time any thread

@@ -20,6 +20,9 @@
  * parent); vis[] holds that limit per layer and reads clip against it.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
 #include <inttypes.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -59,7 +62,8 @@ struct map {
   struct mixed *mixed;
   uint64_t nr_mixed, cap_mixed;
   uint64_t vis[CHAIN_MAX_DEPTH];
-  int fd[CHAIN_MAX_DEPTH];
+  int fd[CHAIN_MAX_DEPTH];     /* the layers', or O_DIRECT twins */
+  bool direct;
   uint64_t bytes[CHAIN_MAX_DEPTH];
 };
 
@@ -166,11 +170,35 @@ map_build (struct chain *c, struct map **out)
   return 0;
 }
 
+/* Read the chain with O_DIRECT from now on: each layer's file is opened
+ * again (through /proc/self/fd, so exactly the same file) with O_DIRECT. */
+int
+map_use_direct (struct map *m)
+{
+  for (size_t i = 0; i < m->c->depth; i++) {
+    char path[64];
+    int fd;
+
+    snprintf (path, sizeof path, "/proc/self/fd/%d", m->c->layers[i]->fd);
+    fd = open (path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+    if (fd == -1)
+      return vc_error (errno, "%s: direct=true: cannot open with O_DIRECT "
+                       "(%m); the file system may not support it",
+                       m->c->layers[i]->path);
+    m->fd[i] = fd;
+    m->direct = true;
+  }
+  return 0;
+}
+
 void
 map_free (struct map *m)
 {
   if (!m)
     return;
+  for (size_t i = 0; m->direct && i < m->c->depth; i++)
+    if (m->fd[i] != m->c->layers[i]->fd)
+      close (m->fd[i]);
   for (uint64_t i = 0; i < m->nr_mixed; i++)
     free (atomic_load (&m->mixed[i].runs));
   free (m->mixed);
@@ -343,7 +371,7 @@ emit (struct reader *rd, uint64_t e, uint64_t v, uint64_t len, char *dst)
   if (rd->n == SEG_BATCH)
     flush_segs (rd);
   rd->seg[rd->n++] = (struct io_seg) { rd->m->fd[LAYER (e)], OFFSET (e),
-                                       data, dst };
+                                       data, dst, rd->m->direct };
 }
 
 /* Visit the runs covering [offset, offset + count), in order. */

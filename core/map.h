@@ -22,6 +22,8 @@ enum extent_type {
 
 int map_build (struct chain *, struct map **out);
 void map_free (struct map *);
+/* Read the chain's files with O_DIRECT (io.h) from now on. */
+int map_use_direct (struct map *);
 uint64_t map_size (const struct map *);
 uint32_t map_granule (const struct map *);
 

@@ -11,6 +11,7 @@
 
 struct chain_opts chain_opts;
 enum io_engine io_engine = IO_AUTO;
+bool direct_io;
 static char *tip, *keep, *vm_path, *checkpoint, *disk;
 static struct vm *vm;
 
@@ -146,6 +147,8 @@ vhdchain_config (const char *key, const char *value)
     return parse_bool (value, &chain_opts.ignore_id_mismatch);
   if (strcmp (key, "io") == 0)
     return parse_io (value);
+  if (strcmp (key, "direct") == 0)
+    return parse_bool (value, &direct_io);
   nbdkit_error ("unknown parameter '%s' (see nbdkit vhdchain --help)", key);
   return -1;
 }

@@ -60,7 +60,8 @@ open_one (struct export *e)
   vc_clear_error ();
   if ((e->vm ? vm_chain_open (e->vm, e->disk, &chain_opts, &e->chain)
              : chain_open (e->tip, &chain_opts, &e->chain)) < 0 ||
-      map_build (e->chain, &e->map) < 0) {
+      map_build (e->chain, &e->map) < 0 ||
+      (direct_io && map_use_direct (e->map) < 0)) {
     nbdkit_error ("%s", vc_last_error ());
     return -1;
   }

@@ -3,6 +3,7 @@
 #define VHDCHAIN_PLUGIN_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdatomic.h>
 
 #include "chain.h"
@@ -30,6 +31,7 @@ struct export {
 /* config.c: the parameters. */
 extern struct chain_opts chain_opts;
 extern enum io_engine io_engine;
+extern bool direct_io;
 int vhdchain_config (const char *key, const char *value);
 int vhdchain_config_complete (void);
 void config_free (void);
@@ -42,6 +44,7 @@ void config_free (void);
   "ignore-checksums=true    accept bad VHD checksums and VHDX CRCs\n" \
   "ignore-id-mismatch=true  accept a parent whose identity does not match\n" \
   "io=auto|uring|pread      read engine (default auto: io_uring, else pread)\n" \
+  "direct=true              read the chain with O_DIRECT (no page cache)\n" \
   "overlay=PATH             keep the writable layer at PATH (default: a\n" \
   "                         temporary file in $TMPDIR or /var/tmp); an\n" \
   "                         existing child of the tip at PATH is continued\n" \

@@ -141,3 +141,7 @@ EXTRA_DIST += tests/test-vm-exports.py
 
 # Shared by the C unit tests.
 EXTRA_DIST += tests/unit.h
+
+# direct=true: O_DIRECT reads through bounce buffers.
+TESTS += tests/test-direct.py
+EXTRA_DIST += tests/test-direct.py
