@@ -51,6 +51,7 @@ enum cli_opt {
   OPT_VERIFY,
   OPT_FORMAT,
   OPT_FLUSH,
+  OPT_BLOCK_SIZE,
 };
 
 struct cli {
@@ -59,6 +60,7 @@ struct cli {
   bool verbose;                 /* core's debug messages on stderr */
   bool json, force, delete, verify, flush;
   const char *svg, *into, *format;
+  uint32_t block_size;          /* --block-size; 0: the default */
   char **args;                  /* the arguments after the options */
   int nargs;
 };

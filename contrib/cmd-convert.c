@@ -1,14 +1,18 @@
 /* vhdchain convert TIP OUT: flatten a point of a chain into one image.
  *
  * The output format comes from --format or OUT's extension: .vhd makes a
- * dynamic VHD (dynamic-vhd.c), .vhdx is refused until VHDX writing lands,
- * anything else is raw.  The disk is walked in 2 MiB chunks; a chunk the
- * resolved map says holds no data (holes, zero ranges) is skipped without
- * a read; a chunk with data is read through map_read by a reader thread, up
- * to RING chunks ahead, while the main thread writes the chunks in order,
- * sparsely (reading and writing overlap, as in qemu-img): raw output skips all-zero 4 KiB pieces (the file was sized with ftruncate,
- * so they read as zeros), VHD output leaves all-zero blocks unallocated.
- * The progress bar counts data bytes.
+ * dynamic VHD (dynamic-vhd.c), .vhdx a dynamic VHDX (dynamic-vhdx.c; 32 MiB
+ * blocks, or 2 MiB with --block-size 2M; the source's logical sector
+ * size), anything else is raw.  The disk is walked in 2 MiB chunks; a
+ * chunk the resolved map says holds no data (holes, zero ranges) is
+ * skipped without a read; a chunk with data is read through map_read by a
+ * reader thread, up to RING chunks ahead, while the main thread writes the
+ * chunks in order, sparsely (reading and writing overlap, as in qemu-img):
+ * raw output skips all-zero 4 KiB pieces (the file was sized with
+ * ftruncate, so they read as zeros), VHD output leaves all-zero blocks
+ * unallocated, VHDX output leaves blocks no non-zero byte reaches
+ * NOT_PRESENT and all-zero 4 KiB pieces of the others unwritten.  The
+ * progress bar counts data bytes.
  *
  * OUT is created exclusively unless --force; a chain file is never a valid
  * OUT; a failed convert removes OUT.  Like cp, nbdcopy and qemu-img, the
@@ -26,6 +30,7 @@
 
 #include "cli.h"
 #include "dynamic-vhd.h"
+#include "dynamic-vhdx.h"
 #include "io.h"
 
 #define CHUNK DVHD_BLOCK_SIZE
@@ -53,6 +58,7 @@ struct convert {
   int fd;
   enum out_format fmt;
   struct dvhd *vhd;
+  struct dvhdx *vhdx;
   struct progress prog;
   struct slot ring[RING];
   pthread_mutex_t lock;
@@ -207,6 +213,8 @@ reader (void *arg)
 static int
 write_slot (struct convert *cv, struct slot *sl)
 {
+  if (cv->vhdx)
+    return dvhdx_write (cv->vhdx, sl->b * CHUNK, sl->buf, sl->len);
   if (!cv->vhd)
     return write_raw (cv, sl->buf, sl->b * CHUNK, sl->len);
   if (all_zero (sl->buf, CHUNK))
@@ -255,6 +263,10 @@ start (struct convert *cv, uint64_t size)
   }
   else if (cv->fmt == OUT_VHD)
     r = dvhd_create (cv->fd, cv->out, size, &cv->vhd);
+  else if (cv->fmt == OUT_VHDX)
+    r = dvhdx_create (cv->fd, cv->out, size, cv->c->layers[0]->sector,
+                      cv->cli->block_size ? cv->cli->block_size
+                      : DVHDX_BLOCK_SIZE, &cv->vhdx);
   return r;
 }
 
@@ -277,6 +289,8 @@ copy_all (struct convert *cv)
   progress_end (&cv->prog);
   if (r == 0 && cv->vhd)
     r = dvhd_finish (cv->vhd);
+  if (r == 0 && cv->vhdx)
+    r = dvhdx_finish (cv->vhdx);
   if (r == 0 && cv->cli->flush && fsync (cv->fd) == -1) {
     r = -errno;
     cli_error ("%s: fsync: %m", cv->out);
@@ -323,9 +337,9 @@ convert_run (struct cli *cli)
 
   if (parse_format (cli, cv.out, &cv.fmt) < 0)
     return EXIT_USAGE;
-  if (cv.fmt == OUT_VHDX) {
-    cli_error ("%s: format: VHDX output is not supported yet", cv.out);
-    return EXIT_FAIL;
+  if (cli->block_size && cv.fmt != OUT_VHDX) {
+    cli_error ("convert: --block-size: only for VHDX output");
+    return EXIT_USAGE;
   }
   if (cli_open_chain (cli, cli->args[0], &cv.c) < 0)
     return EXIT_USAGE;
@@ -339,17 +353,19 @@ convert_run (struct cli *cli)
   for (size_t i = 0; i < RING; i++)
     free (cv.ring[i].buf);
   dvhd_free (cv.vhd);
+  dvhdx_free (cv.vhdx);
   map_free (cv.m);
   chain_close (cv.c);
   return status;
 }
 
-static const int convert_options[] = { OPT_FORMAT, OPT_FORCE, OPT_FLUSH, 0 };
+static const int convert_options[] = { OPT_FORMAT, OPT_BLOCK_SIZE, OPT_FORCE,
+                                       OPT_FLUSH, 0 };
 
 const struct command cmd_convert = {
   .name = "convert",
   .args = "TIP OUT",
-  .summary = "flatten TIP into a standalone raw or dynamic VHD image",
+  .summary = "flatten TIP into a standalone raw, dynamic VHD or VHDX image",
   .options = convert_options,
   .nargs = 2,
   .run = convert_run,

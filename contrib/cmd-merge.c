@@ -4,27 +4,48 @@
  * The layers from CHILD down to ANCESTOR's child (by default CHILD alone,
  * ANCESTOR being its parent) are folded into ANCESTOR: every range the
  * resolved map of CHILD's chain says one of them provides is read through
- * that map and written into ANCESTOR.  ANCESTOR is the only file written,
+ * that map and written into ANCESTOR.  ANCESTOR is the file written (and,
+ * for VHDX, the parent locator of its child in the chain; see below),
  * opened O_RDWR here only, after these checks:
- *  - every file involved is a VHD (VHDX merges are not supported yet) and
- *    the merged layers have ANCESTOR's virtual size;
+ *  - the merged layers have ANCESTOR's virtual size;
  *  - no other file in the folders of these layers depends on ANCESTOR or on
- *    a layer between (its parent identity is one of theirs): what it reads
- *    would change under it.  --force merges anyway.
+ *    a layer between (its parent identity, or for VHDX either parent
+ *    linkage, is one of theirs): what it reads would change under it, and
+ *    a VHDX ANCESTOR's new DataWriteGuid orphans it.  --force merges
+ *    anyway.
  *
- * Writes follow the writer's crash-safe order (FORMATS.md 2.8; the on-disk
- * side is core/vhd-child.c's, attached to ANCESTOR).  Per batch of blocks:
- * a block ANCESTOR lacks is appended (the footer moves first: a crash
- * leaves orphan space), every merged range is written into its block
- * (in place where ANCESTOR has the block), fdatasync; then the sector
- * bitmaps (old bits | merged sectors: for a differencing ANCESTOR "here",
- * for a dynamic one "written") and the BAT sectors of new blocks,
- * fdatasync.  A fixed ANCESTOR is written in place and synced at the end.
+ * Writes follow the writer's crash-safe order (FORMATS.md 2.8, 3.10; the
+ * on-disk side is core/vhd-child.c's or core/vhdx-child.c's, attached to
+ * ANCESTOR).  Per batch of blocks: a block ANCESTOR lacks is appended (VHD:
+ * the footer moves first; VHDX: the file grows: a crash leaves orphan
+ * space), every merged range is written into its block (in place where
+ * ANCESTOR has the block), fdatasync; then the sector bitmaps (old bits |
+ * merged sectors: for a differencing ANCESTOR "here", for a dynamic VHD
+ * "written") and the BAT entries of new blocks, fdatasync.  A fixed VHD is
+ * written in place and synced at the end.
+ *
+ * VHDX specifics (MS-VHDX 2.2.2, 2.5.1):
+ *  - ANCESTOR's FileWriteGuid and DataWriteGuid are renewed before its
+ *    first change (core's attach: the non-current header with SequenceNumber
+ *    + 1, synced, then the other).  Its child in this chain must follow it:
+ *    first that child's parent linkage that does not hold the current
+ *    DataWriteGuid (parent_linkage2 the first time, added if missing) is
+ *    set to the next one, synced (core's vhdx_relink); then ANCESTOR's
+ *    headers change.  A crash between leaves the child linked by the old
+ *    value, after by the new one: the chain always opens.
+ *  - a file without a parent has no PARTIALLY_PRESENT: a new block of a
+ *    dynamic (or fixed) ANCESTOR is written whole, the rest of it read
+ *    through the chain (zeros: nothing below a base), and becomes
+ *    FULLY_PRESENT.  A ZERO (or UNDEFINED, UNMAPPED) block of a
+ *    differencing ANCESTOR hides its parent, so it is written whole too.
+ *  - blocks ANCESTOR has are written in place, FULLY_PRESENT ones keep
+ *    their state, PARTIALLY_PRESENT ones get their bits.
  *
  * The guarantee, for an interruption at any moment (crash, power loss, ^C):
  *  - CHILD still reads exactly as before: only sectors its side of the
- *    chain provides are written, which ANCESTOR never shows through it,
- *    and no identity changes, so the chain still links;
+ *    chain provides are written (or, in a whole block, sectors rewritten
+ *    with what they hold), which ANCESTOR never shows through it, and the
+ *    chain still links (VHD: no identity changes; VHDX: as above);
  *  - ANCESTOR alone stays readable: its bitmaps and BAT only ever point at
  *    durable data.  Per block it shows its old content or the new one for
  *    the sectors it did not hold (they appear with the bitmap or BAT write,
@@ -52,7 +73,9 @@
 
 #include "child.h"
 #include "cli.h"
+#include "guid.h"
 #include "io.h"
+#include "vhdx.h"
 
 #define NO_BLOCK     UINT64_MAX
 #define BATCH_BLOCKS 64         /* blocks per pair of syncs */
@@ -68,6 +91,7 @@ struct merge {
   int fd;                       /* O_RDWR on ANCESTOR */
   struct child *child;          /* NULL: fixed, written in place */
   uint64_t *offs;               /* data offset per block, or NO_BLOCK */
+  uint8_t *states;              /* per block: enum block_state in ANCESTOR */
   uint8_t *buf;                 /* one block */
   struct piece *pieces;
   size_t npieces, cap;
@@ -95,14 +119,9 @@ step (struct merge *mg)
 static int
 check_layers (struct merge *mg)
 {
-  for (size_t i = 0; i <= mg->k; i++) {
+  for (size_t i = 0; i < mg->k; i++) {
     struct layer *l = mg->c->layers[i];
-    if (l->format != FMT_VHD) {
-      cli_error ("%s: format: merging VHDX layers is not supported yet",
-                 l->path);
-      return -ENOTSUP;
-    }
-    if (i < mg->k && l->size != mg->into->size) {
+    if (l->size != mg->into->size) {
       cli_error ("%s: size: %" PRIu64 " bytes, but %s has %" PRIu64 "; "
                  "merging a resized layer is not supported", l->path,
                  l->size, mg->into->path, mg->into->size);
@@ -143,7 +162,9 @@ dependent (struct merge *mg, const char *path)
   if (chain_open_file (path, &lax, &l) < 0)
     return 0;                   /* not an image we can read: no child */
   for (size_t i = 1; l->differencing && !found && i <= mg->k; i++)
-    if (memcmp (l->parent_id, mg->c->layers[i]->id, 16) == 0) {
+    if (memcmp (l->parent_id, mg->c->layers[i]->id, 16) == 0 ||
+        (!guid_is_zero (l->parent_id2) &&
+         memcmp (l->parent_id2, mg->c->layers[i]->id, 16) == 0)) {
       cli_error ("%s: parent: depends on %s, which the merge changes "
                  "(--force merges anyway)", path, mg->c->layers[i]->path);
       found = 1;
@@ -206,7 +227,9 @@ load_offset (void *opaque, uint64_t b, enum block_state st, uint64_t off)
 {
   struct merge *mg = opaque;
 
-  mg->offs[b] = off;
+  mg->states[b] = st;
+  if (st != BLK_ZERO)           /* a VHDX ZERO block has no data */
+    mg->offs[b] = off;
   return 0;
 }
 
@@ -227,19 +250,88 @@ open_into (struct merge *mg)
     cli_error ("%s: replaced while vhdchain was reading it", l->path);
     return -ESTALE;
   }
-  if (!(mg->offs = malloc (l->nr_blocks * sizeof *mg->offs))) {
+  mg->offs = malloc (l->nr_blocks * sizeof *mg->offs);
+  mg->states = calloc (l->nr_blocks, 1);
+  if (!mg->offs || !mg->states) {
     cli_error ("out of memory");
     return -ENOMEM;
   }
   memset (mg->offs, 0xFF, l->nr_blocks * sizeof *mg->offs);
   vc_clear_error ();
-  if ((r = l->ops->walk (l, load_offset, mg)) == 0 &&
-      strcmp (l->type, "fixed") != 0 &&
-      (r = vhd_child_attach (mg->fd, l, &mg->child)) == 0)
-    mg->fd = -1;                /* the child owns it now */
-  if (r < 0)
+  if ((r = l->ops->walk (l, load_offset, mg)) < 0)
     cli_core_error ();
   return r;
+}
+
+/* VHDX (MS-VHDX 2.2.2): the DataWriteGuid of ANCESTOR changes before the
+ * first change of the disk it shows, which orphans its other children
+ * (hence check_dependents).  So that the chain being merged stays linked,
+ * ANCESTOR's child in it first records the next DataWriteGuid in the
+ * parent linkage that does not hold the current one (parent_linkage2 the
+ * first time); then ANCESTOR's headers take it.  A crash between leaves
+ * the child linked by the old value, after by the new one. */
+static int
+relink_child (struct merge *mg, const uint8_t next[16])
+{
+  struct layer *l = mg->c->layers[mg->k - 1];
+  struct stat st;
+  int fd, r;
+
+  fd = open (l->path, O_RDWR | O_CLOEXEC | O_NOCTTY);
+  if (fd == -1 || fstat (fd, &st) == -1) {
+    r = -errno;
+    cli_error ("%s: opening for writing: %s", l->path, strerror (-r));
+    if (fd >= 0)
+      close (fd);
+    return r;
+  }
+  if (st.st_dev != l->dev || st.st_ino != l->ino) {
+    close (fd);
+    cli_error ("%s: replaced while vhdchain was reading it", l->path);
+    return -ESTALE;
+  }
+  vc_clear_error ();
+  if ((r = vhdx_relink (fd, l, mg->into->id, next)) < 0)
+    cli_core_error ();
+  if (close (fd) == -1 && r == 0) {
+    r = -errno;
+    cli_error ("%s: closing: %s", l->path, strerror (-r));
+  }
+  return r;
+}
+
+/* The writer's side of ANCESTOR, once the plan is made: a VHD's child
+ * writer (none for a fixed VHD: written in place), a VHDX's after its new
+ * identity. */
+static int
+attach_into (struct merge *mg)
+{
+  struct layer *l = mg->into;
+  uint8_t next[16];
+  int r;
+
+  if (l->format == FMT_VHDX) {
+    vhdx_new_guid (next);
+    if ((r = relink_child (mg, next)) < 0)
+      return r;
+    step (mg);
+    vc_clear_error ();
+    r = vhdx_attach (mg->fd, l, next, &mg->child);
+  }
+  else if (strcmp (l->type, "fixed") == 0)
+    return 0;
+  else {
+    vc_clear_error ();
+    r = vhd_child_attach (mg->fd, l, &mg->child);
+  }
+  if (r < 0) {
+    cli_core_error ();
+    return r;
+  }
+  mg->fd = -1;                  /* the child owns it now */
+  if (l->format == FMT_VHDX)
+    step (mg);
+  return 0;
 }
 
 static int
@@ -387,7 +479,15 @@ block_bits (struct merge *mg, uint64_t b, bool fresh, uint8_t *bits)
 
   memset (bits, 0, mg->nbits);
   vc_clear_error ();
-  if (!fresh &&
+  if (!fresh && mg->into->format == FMT_VHDX &&
+      mg->states[b] == BLK_FULL) {
+    /* every sector, but none past the virtual end */
+    uint32_t n = block_len (mg, b) / sec;
+    memset (bits, 0xFF, n / 8);
+    for (uint32_t s = n / 8 * 8; s < n; s++)
+      bits[s >> 3] |= 1 << (s & 7);
+  }
+  else if (!fresh &&
       (r = mg->into->ops->bitmap (mg->into, b, mg->offs[b], bits)) < 0) {
     cli_core_error ();
     return r;
@@ -442,6 +542,14 @@ merge_block (struct merge *mg, uint64_t b)
   bool fresh = false;
   int r;
 
+  /* A new block of a VHDX without a parent is FULLY_PRESENT or nothing,
+   * and one that was ZERO hid the disk below it: written whole, the rest
+   * of the block read through the chain (zeros, as it reads now). */
+  if (mg->into->format == FMT_VHDX && mg->offs[b] == NO_BLOCK &&
+      (!mg->into->differencing || mg->states[b] == BLK_ZERO)) {
+    mg->pieces[0] = (struct piece) { 0, block_len (mg, b) };
+    mg->npieces = 1;
+  }
   if ((r = read_pieces (mg, b)) < 0)
     return r;
   if (!mg->child)               /* fixed: the file is the disk */
@@ -523,9 +631,11 @@ prepare (struct merge *mg)
     return -ENOMEM;
   }
   vc_clear_error ();
-  if ((r = plan (mg)) < 0)
+  if ((r = plan (mg)) < 0) {
     cli_core_error ();
-  return r;
+    return r;
+  }
+  return attach_into (mg);
 }
 
 /* Say what happened; with --delete, remove the merged layers. */
@@ -582,6 +692,7 @@ merge_run (struct cli *cli)
   if (mg.fd >= 0)
     close (mg.fd);
   free (mg.offs);
+  free (mg.states);
   free (mg.buf);
   free (mg.bits);
   free (mg.batch);

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "cli.h"
 
@@ -60,6 +61,8 @@ static const struct optdesc optdescs[] = {
   { OPT_FORMAT, "format", "raw|vhd|vhdx",
     "output format (default: from OUT's extension, else raw)" },
   { OPT_FLUSH, "flush", NULL, "make OUT durable (fsync) before exiting" },
+  { OPT_BLOCK_SIZE, "block-size", "2M|32M",
+    "VHDX output: block size (default 32M, as Windows)" },
 };
 
 static const int common_options[] = {
@@ -182,6 +185,24 @@ add_drive (struct cli *cli, char *value)
   return 0;
 }
 
+/* --block-size 2M|32M (also in bytes, or 2MiB / 32MiB). */
+static int
+parse_block_size (struct cli *cli, const char *arg)
+{
+  static const struct { const char *name; uint32_t size; } sizes[] = {
+    { "2M", 2u << 20 }, { "2MiB", 2u << 20 }, { "2097152", 2u << 20 },
+    { "32M", 32u << 20 }, { "32MiB", 32u << 20 }, { "33554432", 32u << 20 },
+  };
+
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+    if (strcasecmp (arg, sizes[i].name) == 0) {
+      cli->block_size = sizes[i].size;
+      return 0;
+    }
+  cli_error ("--block-size %s: expected 2M or 32M", arg);
+  return -EINVAL;
+}
+
 static int
 set_option (struct cli *cli, int key, char *arg)
 {
@@ -204,6 +225,7 @@ set_option (struct cli *cli, int key, char *arg)
   case OPT_VERIFY: cli->verify = true; return 0;
   case OPT_FORMAT: cli->format = arg; return 0;
   case OPT_FLUSH: cli->flush = true; return 0;
+  case OPT_BLOCK_SIZE: return parse_block_size (cli, arg);
   }
   return -EINVAL;
 }

@@ -64,6 +64,26 @@ int vhdx_child_create (int fd, const char *path, const struct parent_ref *,
                        struct child **out);
 int vhdx_child_attach (int fd, struct layer *, struct child **out);
 
+/* The same for any VHDX opened for writing (a merge's target): fixed,
+ * dynamic or differencing.  It takes the DataWriteGuid data_write (NULL: a
+ * new random one), so that a caller can first link a child to it
+ * (vhdx_relink).  In a file without a parent, alloc() adds no sector
+ * bitmaps and commit() writes FULLY_PRESENT entries only: every block
+ * committed must have all its sectors set (its writer writes it whole). */
+int vhdx_attach (int fd, struct layer *, const uint8_t *data_write,
+                 struct child **out);
+
+/* Make the VHDX child l (its file open O_RDWR as fd) link to a parent
+ * whose DataWriteGuid is now `now` and will be `next` (MS-VHDX: a merge
+ * renews the parent's DataWriteGuid before changing it): the one of
+ * parent_linkage and parent_linkage2 that does not name `now` gets `next`,
+ * added or rewritten so that each single write leaves a valid locator and
+ * the child linked; synced.  The child's FileWriteGuid is renewed first,
+ * its DataWriteGuid kept (what it shows does not change); a pending log is
+ * replayed into the file before. */
+int vhdx_relink (int fd, struct layer *l, const uint8_t now[16],
+                 const uint8_t next[16]);
+
 /* Paths as a Windows child records them (shared by VHD and VHDX). */
 char *child_relative_path (const char *child_path, const char *parent_path);
 char *child_absolute_path (const char *parent_path,

@@ -297,10 +297,10 @@ setup_search (struct ctx *x)
 {
   int err = 0;
 
-  qsort (x->disks.v, x->disks.n, sizeof *x->disks.v, cmp_str);
-  qsort (x->vmconfs.v, x->vmconfs.n, sizeof *x->vmconfs.v, cmp_str);
-  qsort (x->snapconfs.v, x->snapconfs.n, sizeof *x->snapconfs.v, cmp_str);
-  qsort (x->dirs.v, x->dirs.n, sizeof *x->dirs.v, cmp_str);
+  struct strv *lists[] = { &x->disks, &x->vmconfs, &x->snapconfs, &x->dirs };
+  for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++)
+    if (lists[i]->n)            /* v is NULL when empty: qsort's UB */
+      qsort (lists[i]->v, lists[i]->n, sizeof *lists[i]->v, cmp_str);
   struct strv vs = { 0 };
 
   for (size_t i = 0; !err && i < x->dirs.n; i++)

@@ -434,10 +434,30 @@ candidates_free (struct candidates *c)
 
 /* --- opening --------------------------------------------------------- */
 
+static const char *root_of (const struct resolver *, const char *real);
+
+/* May the case-insensitive fallback list dir?  Confined, only an allowed
+ * folder or one below it: a hostile path ("..\..\ETC\x") must not make
+ * us read any other folder. */
+static bool
+listable (const struct resolver *r, const char *dir)
+{
+  char *real;
+  bool ok = !r->confine;
+
+  if (!ok && (real = realpath (dir, NULL)) != NULL) {
+    ok = root_of (r, real) != NULL;
+    for (size_t i = 0; !ok && i < r->nr_roots; i++)
+      ok = strcmp (r->roots[i], real) == 0;
+    free (real);
+  }
+  return ok;
+}
+
 /* realpath, falling back to case-insensitive matching component by
  * component: copied Hyper-V folders drift ("Virtual hard disks"). */
 static char *
-resolve_path (const char *path)
+resolve_path (const struct resolver *r, const char *path)
 {
   char *real = realpath (path, NULL), *copy, *cur, *t, *save;
 
@@ -453,7 +473,7 @@ resolve_path (const char *path)
     struct stat st;
     if (next && lstat (next, &st) == -1 && errno == ENOENT) {
       free (next);
-      next = find_ci (cur, t);
+      next = listable (r, cur) ? find_ci (cur, t) : NULL;
     }
     free (cur);
     cur = next;
@@ -508,7 +528,7 @@ open_beneath (const char *root, const char *real)
 int
 locator_open (const struct resolver *r, const char *path, char **realp)
 {
-  char *real = resolve_path (path);
+  char *real = resolve_path (r, path);
   const char *root;
   int fd;
 

@@ -433,7 +433,8 @@ overlay_flush (struct overlay *ov)
   ov->nr_dirty = ov->cap_dirty = 0;
   pthread_mutex_unlock (&ov->dirty_lock);
 
-  qsort (list, n, sizeof *list, cmp_u64);
+  if (n)                        /* list is NULL then: qsort's UB */
+    qsort (list, n, sizeof *list, cmp_u64);
   r = commit (ov, list, n);
   for (size_t i = 0; r < 0 && i < n; i++) {    /* keep them for a retry */
     atomic_store (&get (ov, list[i])->dirty, false);

@@ -65,6 +65,27 @@
  * header.  A kept layer whose current header names a log (Hyper-V opened
  * it and stopped hard) has the log replayed in place first, synced, and
  * the new headers then carry LogGuid zero (MS-VHDX 2.3.3).
+ *
+ * The same operations serve a merge (vhdchain merge) into any VHDX:
+ * vhdx_attach takes a fixed, dynamic or differencing file, with the
+ * DataWriteGuid the caller chose.  In a file without a parent there are no
+ * sector bitmaps and no PARTIALLY_PRESENT (MS-VHDX 2.5.1): alloc() only
+ * extends the file, and commit() writes FULLY_PRESENT entries, for blocks
+ * the caller wrote whole (all bits set), and refuses anything else.  Its
+ * sector-bitmap BAT entries are never read or written.
+ *
+ * vhdx_relink keeps a child linked across that renewal.  A child names its
+ * parent's DataWriteGuid in parent_linkage and, optionally,
+ * parent_linkage2 (which exists for merges); the one that does not name
+ * the current DataWriteGuid is set to the next one before the parent's
+ * headers change, so at every moment one of them names the parent.  The
+ * child's own FileWriteGuid is renewed first (its headers as above); its
+ * DataWriteGuid stays, the disk it shows being unchanged.  A value of the
+ * same length is rewritten in place (a torn write leaves a GUID that names
+ * nothing, while the other linkage still holds); a locator without the key
+ * (ours has none) is rebuilt in free space after every metadata item,
+ * synced, and only then its 8-byte table entry (offset, length, inside one
+ * sector) is pointed at it, synced: old or new, a valid locator.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -100,11 +121,12 @@ struct vhdx_child {
   uint64_t eof;                 /* 1 MiB aligned end of the file */
   uint64_t *sb;                 /* per chunk: its bitmap block, 0 none yet */
   bool *sb_on_disk;             /* per chunk: BAT says SB_BLOCK_PRESENT */
+  bool differencing;            /* false: whole blocks, no sector bitmaps */
 };
 
 /* A random GUID, version 4, in VHDX's raw mixed-endian byte order. */
-static void
-new_guid (uint8_t raw[16])
+void
+vhdx_new_guid (uint8_t raw[16])
 {
   uuid_t u;
 
@@ -144,8 +166,11 @@ vhdx_child_alloc (struct child *c, uint64_t block, uint64_t *data_off)
    * earlier life of the block (a session that crashed between bitmap and
    * BAT, or another writer): zero them, durable with the data, so that
    * whatever order commit()'s bitmap and entry reach the disk in, no bit
-   * points into the new block's unwritten sectors. */
-  if (v->sb[chunk]) {
+   * points into the new block's unwritten sectors.  A file without a
+   * parent has no sector bitmaps. */
+  if (!v->differencing)
+    ;
+  else if (v->sb[chunk]) {
     for (uint64_t k = 0; k < bytes; k += sizeof zeros)
       if ((r = io_pwrite_full (c->fd, zeros, bytes - k < sizeof zeros
                                ? bytes - k : sizeof zeros,
@@ -192,6 +217,29 @@ write_entry (struct child *c, uint64_t index, uint64_t entry)
   return io_pwrite_full (c->fd, e, 8, v->bat_off + index * 8);
 }
 
+/* A file without a parent: FULLY_PRESENT is the only state that holds
+ * data (PARTIALLY_PRESENT is invalid there), so every block committed must
+ * have all its sectors set: its writer wrote it whole. */
+static int
+commit_whole (struct child *c, const struct child_dirty *d, size_t n)
+{
+  struct vhdx_child *v = c->priv;
+  int r = 0;
+
+  for (size_t i = 0; i < n; i++)
+    if (!all_set (c, d[i].block, d[i].bits))
+      return vc_error (EINVAL, "%s: block %" PRIu64 ": a VHDX without a "
+                       "parent holds whole blocks only", v->path,
+                       d[i].block);
+  for (size_t i = 0; i < n && r == 0; i++) {
+    uint64_t b = d[i].block;
+    r = write_entry (c, b + b / v->chunk_ratio,
+                     (d[i].data_off / VHDX_MiB) << 20 |
+                     VHDX_PAYLOAD_FULLY_PRESENT);
+  }
+  return r < 0 ? fail (v->path, r, "writing the BAT") : 0;
+}
+
 static int
 vhdx_child_commit (struct child *c, const struct child_dirty *d, size_t n)
 {
@@ -200,6 +248,8 @@ vhdx_child_commit (struct child *c, const struct child_dirty *d, size_t n)
   bool new_sb = false;
   int r = 0;
 
+  if (!v->differencing)
+    return commit_whole (c, d, n);
   /* 1. Sector bitmaps (LSB-first on disk, as in the snapshot). */
   for (size_t i = 0; i < n && r == 0; i++) {
     uint64_t chunk = d[i].block / v->chunk_ratio;
@@ -270,6 +320,7 @@ new_state (struct child *c, const char *path, uint64_t size, uint32_t sector,
   c->priv = v;
   if (!v)
     return NULL;
+  v->differencing = true;
   v->chunk_ratio = (UINT64_C (1) << 23) * sector / block_size;
   v->nr_chunks = (c->nr_blocks + v->chunk_ratio - 1) / v->chunk_ratio;
   v->path = strdup (path);
@@ -564,16 +615,16 @@ make_region_table (uint8_t *b, uint64_t md_off, uint32_t md_len,
 }
 
 /* File identifier, headers and region tables: the first MiB. */
-static void
-make_first_mib (uint8_t *m, uint64_t md_off, uint32_t md_len,
-                uint64_t bat_off, uint32_t bat_len)
+void
+vhdx_make_first_mib (uint8_t *m, uint64_t md_off, uint32_t md_len,
+                     uint64_t bat_off, uint32_t bat_len)
 {
   struct hdr h = { .log_length = LOG_LEN, .log_offset = LOG_OFF };
 
   memcpy (m, "vhdxfile", 8);
   utf8_to_utf16 (CREATOR, false, m + VHDX_CREATOR_OFF, VHDX_CREATOR_SIZE);
-  new_guid (h.file_write);
-  new_guid (h.data_write);
+  vhdx_new_guid (h.file_write);
+  vhdx_new_guid (h.data_write);
   /* Both headers, consecutive numbers, as Windows writes them. */
   h.seq = 1;
   make_header (m + VHDX_HEADER1_OFF, &h);
@@ -614,7 +665,7 @@ vhdx_child_create (int fd, const char *path, const struct parent_ref *p,
     c->fd = fd;
     v->bat_off = MD_OFF + md_len;
     v->eof = v->bat_off + bat_len;
-    make_first_mib (first, MD_OFF, md_len, v->bat_off, bat_len);
+    vhdx_make_first_mib (first, MD_OFF, md_len, v->bat_off, bat_len);
     r = io_pwrite_full (fd, md, md_len, MD_OFF);
     /* The BAT is all NOT_PRESENT: zeros, so a hole will do. */
     if (r == 0 && ftruncate (fd, v->eof) == -1)
@@ -671,17 +722,20 @@ replay_in_place (int fd, struct layer *l, const struct vhdx_header *h)
   return r < 0 ? fail (l->path, r, "replaying the log in place") : 0;
 }
 
-/* Where the BAT is, from the first region table copy with a valid CRC. */
+/* Where region guid is, from the first region table copy with a valid CRC
+ * (or, failing that, signature). */
 static int
-find_bat (int fd, const char *path, uint64_t *bat_off)
+find_region (int fd, const char *path, const uint8_t *guid, const char *name,
+             uint64_t *off, uint32_t *len)
 {
   uint8_t *rt = malloc (2 * VHDX_RT_SIZE);
   int r = rt ? io_pread_full (fd, rt, 2 * VHDX_RT_SIZE, VHDX_RT1_OFF)
              : -ENOMEM;
 
-  *bat_off = 0;
-  for (int pass = 0; r == 0 && pass < 2 && !*bat_off; pass++)
-    for (int k = 0; k < 2 && !*bat_off; k++) {
+  *off = 0;
+  *len = 0;
+  for (int pass = 0; r == 0 && pass < 2 && !*off; pass++)
+    for (int k = 0; k < 2 && !*off; k++) {
       const uint8_t *b = rt + k * VHDX_RT_SIZE;
       struct vhdx_rt_header rh;
       vhdx_rt_header_decode (b, &rh);
@@ -692,30 +746,32 @@ find_bat (int fd, const char *path, uint64_t *bat_off)
         struct vhdx_region g;
         vhdx_region_decode (b + VHDX_RT_HEADER_SIZE + i * VHDX_RT_ENTRY_SIZE,
                             &g);
-        if (memcmp (g.guid, vhdx_guid_bat, 16) == 0)
-          *bat_off = g.offset;
+        if (memcmp (g.guid, guid, 16) == 0) {
+          *off = g.offset;
+          *len = g.length;
+        }
       }
     }
   free (rt);
-  if (r == 0 && !*bat_off)
-    r = vc_error (EINVAL, "%s: region table: no BAT region", path);
-  return r < 0 && r != -EINVAL ? fail (path, r, "reading the region table")
-                               : r;
+  if (r == 0 && !*off)
+    return vc_error (EINVAL, "%s: region table: no %s region", path, name);
+  return r < 0 ? fail (path, r, "reading the region table") : 0;
 }
 
-/* New FileWriteGuid and DataWriteGuid, LogGuid zero: the other header
- * first, synced, then the current one. */
+/* New FileWriteGuid, DataWriteGuid data_write, LogGuid zero: the other
+ * header first, synced, then the current one. */
 static int
 renew_headers (int fd, const char *path, uint8_t hb[2][VHDX_HEADER_SIZE],
-               const struct vhdx_header h[2], int cur)
+               const struct vhdx_header h[2], int cur,
+               const uint8_t data_write[16])
 {
   static const uint64_t where[2] = { VHDX_HEADER1_OFF, VHDX_HEADER2_OFF };
   struct hdr n = { .seq = h[cur].seq, .log_length = h[cur].log_length,
                    .log_offset = h[cur].log_offset };
   int r = 0;
 
-  new_guid (n.file_write);
-  new_guid (n.data_write);
+  vhdx_new_guid (n.file_write);
+  memcpy (n.data_write, data_write, 16);
   for (int k = 0; k < 2 && r == 0; k++) {
     int slot = k == 0 ? 1 - cur : cur;
     n.seq++;
@@ -727,35 +783,53 @@ renew_headers (int fd, const char *path, uint8_t hb[2][VHDX_HEADER_SIZE],
   return r < 0 ? fail (path, r, "writing the headers") : 0;
 }
 
+/* Both headers of fd, which is the file of l, and the current one; a log
+ * the current header names is replayed into the file first. */
+static int
+open_headers (int fd, struct layer *l, uint8_t hb[2][VHDX_HEADER_SIZE],
+              struct vhdx_header h[2], int *cur)
+{
+  int r;
+
+  if ((r = io_pread_full (fd, hb[0], VHDX_HEADER_SIZE,
+                          VHDX_HEADER1_OFF)) < 0 ||
+      (r = io_pread_full (fd, hb[1], VHDX_HEADER_SIZE,
+                          VHDX_HEADER2_OFF)) < 0)
+    return fail (l->path, r, "reading the headers");
+  if ((*cur = pick_header (hb, h)) < 0)
+    return vc_error (EINVAL, "%s: no valid header", l->path);
+  if (!guid_is_zero (h[*cur].log_guid))
+    return replay_in_place (fd, l, &h[*cur]);
+  return 0;
+}
+
 int
-vhdx_child_attach (int fd, struct layer *l, struct child **out)
+vhdx_attach (int fd, struct layer *l, const uint8_t *data_write,
+             struct child **out)
 {
   struct child *c = calloc (1, sizeof *c);
   struct vhdx_child *v = c ? new_state (c, l->path, l->size, l->sector,
                                         l->block_size) : NULL;
-  uint8_t hb[2][VHDX_HEADER_SIZE];
+  uint8_t hb[2][VHDX_HEADER_SIZE], dw[16];
   struct vhdx_header h[2];
   uint64_t group, size;
+  uint32_t bat_len;
   off_t end;
   int cur = -1, r = v ? 0 : vc_error (ENOMEM, "%s: out of memory", l->path);
 
   if (r == 0) {
     c->fd = fd;
-    if ((r = io_pread_full (fd, hb[0], VHDX_HEADER_SIZE,
-                            VHDX_HEADER1_OFF)) < 0 ||
-        (r = io_pread_full (fd, hb[1], VHDX_HEADER_SIZE,
-                            VHDX_HEADER2_OFF)) < 0)
-      r = fail (l->path, r, "reading the headers");
-    else if ((cur = pick_header (hb, h)) < 0)
-      r = vc_error (EINVAL, "%s: no valid header", l->path);
+    v->differencing = l->differencing;
+    r = open_headers (fd, l, hb, h, &cur);
   }
-  if (r == 0 && !guid_is_zero (h[cur].log_guid))
-    r = replay_in_place (fd, l, &h[cur]);
   if (r == 0)
-    r = find_bat (fd, l->path, &v->bat_off);
-  /* Which chunks have a sector-bitmap block already. */
+    r = find_region (fd, l->path, vhdx_guid_bat, "BAT", &v->bat_off,
+                     &bat_len);
+  /* Which chunks of a child have a sector-bitmap block already.  A file
+   * without a parent never uses those entries (they may hold anything,
+   * FORMATS.md 3.6), and its BAT may end before the last one. */
   group = v ? v->chunk_ratio + 1 : 0;
-  for (uint64_t k = 0; r == 0 && k < v->nr_chunks; k++) {
+  for (uint64_t k = 0; r == 0 && v->differencing && k < v->nr_chunks; k++) {
     uint8_t e[8];
     uint64_t entry;
     if ((r = io_pread_full (fd, e, 8, v->bat_off +
@@ -778,8 +852,13 @@ vhdx_child_attach (int fd, struct layer *l, struct child **out)
     v->eof = size;
   }
   /* Before anything a user wrote can change the disk it shows. */
-  if (r == 0)
-    r = renew_headers (fd, l->path, hb, h, cur);
+  if (r == 0) {
+    if (data_write)
+      memcpy (dw, data_write, 16);
+    else
+      vhdx_new_guid (dw);
+    r = renew_headers (fd, l->path, hb, h, cur, dw);
+  }
   if (r < 0) {
     if (c)
       vhdx_child_close (c);
@@ -788,4 +867,252 @@ vhdx_child_attach (int fd, struct layer *l, struct child **out)
   }
   *out = c;
   return 0;
+}
+
+int
+vhdx_child_attach (int fd, struct layer *l, struct child **out)
+{
+  return vhdx_attach (fd, l, NULL, out);
+}
+
+/* ---- relinking a child to its parent's next DataWriteGuid ----------- */
+
+/* One key/value pair of a parent locator item, as stored. */
+struct pl_kv {
+  struct vhdx_pl_entry e;
+  char *key;
+  uint8_t id[16];
+  bool is_id;                   /* the value is a GUID */
+};
+
+static int
+pl_parse (const char *path, const uint8_t *item, uint32_t len,
+          struct pl_kv *kv, uint16_t n)
+{
+  for (uint16_t i = 0; i < n; i++) {
+    struct vhdx_pl_entry *e = &kv[i].e;
+    char *value = NULL;
+    vhdx_pl_entry_decode (item + VHDX_PL_HEADER_SIZE + i * VHDX_PL_ENTRY_SIZE,
+                          e);
+    if (e->key_offset > len || e->key_length > len - e->key_offset ||
+        e->value_offset > len || e->value_length > len - e->value_offset ||
+        utf16_to_utf8 (item + e->key_offset, e->key_length, false,
+                       &kv[i].key) < 0 ||
+        utf16_to_utf8 (item + e->value_offset, e->value_length, false,
+                       &value) < 0) {
+      free (value);
+      return vc_error (EINVAL, "%s: parent locator: entry %u is malformed",
+                       path, i);
+    }
+    kv[i].is_id = guid_parse (value, kv[i].id) == 0;
+    free (value);
+  }
+  return 0;
+}
+
+/* The locator item with the value of key (added last if missing) set to
+ * text; its length in *out_len. */
+static int
+pl_build (const uint8_t *item, const struct pl_kv *kv, uint16_t n,
+          const char *key, int slot, const char *text, uint8_t **out,
+          uint32_t *out_len)
+{
+  uint16_t m = slot < 0 ? n + 1 : n;
+  size_t max = VHDX_PL_HEADER_SIZE + (size_t) m * VHDX_PL_ENTRY_SIZE;
+  uint32_t at;
+  uint8_t *b;
+
+  for (uint16_t i = 0; i < n; i++)
+    max += kv[i].e.key_length + kv[i].e.value_length;
+  max += 2 * (strlen (key) + strlen (text));
+  if (!(b = calloc (1, max)))
+    return -ENOMEM;
+  memcpy (b, item, VHDX_PL_HEADER_SIZE);
+  put_le16 (b + 18, m);
+  at = VHDX_PL_HEADER_SIZE + m * VHDX_PL_ENTRY_SIZE;
+  for (uint16_t i = 0; i < m; i++) {
+    uint8_t *e = b + VHDX_PL_HEADER_SIZE + i * VHDX_PL_ENTRY_SIZE;
+    long kl, vl;
+    if (i < n) {
+      kl = kv[i].e.key_length;
+      memcpy (b + at, item + kv[i].e.key_offset, kl);
+    }
+    else
+      kl = utf8_to_utf16 (key, false, b + at, max - at);
+    put_le32 (e, at);
+    put_le16 (e + 8, kl);
+    at += kl;
+    if (i == slot || i == n) {
+      vl = utf8_to_utf16 (text, false, b + at, max - at);
+    }
+    else {
+      vl = kv[i].e.value_length;
+      memcpy (b + at, item + kv[i].e.value_offset, vl);
+    }
+    put_le32 (e + 4, at);
+    put_le16 (e + 10, vl);
+    at += vl;
+  }
+  *out = b;
+  *out_len = at;
+  return 0;
+}
+
+/* Set the locator value of entry slot (or, slot < 0, a new pair) of the
+ * locator item described by table entry idx of the metadata region at
+ * md_off.  A value of the same length is overwritten in place; otherwise
+ * the new item goes into free space after every item, and then the table
+ * entry is pointed at it: each single write leaves a valid locator. */
+static int
+pl_store (int fd, const char *path, uint64_t md_off, uint32_t md_len,
+          const uint8_t *table, uint16_t count, uint16_t idx,
+          const uint8_t *item, const struct pl_kv *kv, uint16_t n,
+          const char *key, int slot, const char *braced)
+{
+  struct vhdx_md_entry e;
+  uint8_t *b = NULL, u[2 * (GUID_TEXT_LEN + 2)];
+  uint64_t end = VHDX_MD_TABLE_SIZE;
+  uint32_t len = 0;
+  int r;
+
+  vhdx_md_entry_decode (table + VHDX_MD_HEADER_SIZE +
+                        idx * VHDX_MD_ENTRY_SIZE, &e);
+  if (slot >= 0 && (kv[slot].e.value_length == 2 * (GUID_TEXT_LEN + 2) ||
+                    kv[slot].e.value_length == 2 * GUID_TEXT_LEN)) {
+    const char *text = kv[slot].e.value_length == 2 * GUID_TEXT_LEN
+                       ? braced + 1 : braced;
+    char bare[GUID_TEXT_LEN + 1];
+    if (text != braced) {
+      memcpy (bare, text, GUID_TEXT_LEN);
+      bare[GUID_TEXT_LEN] = '\0';
+      text = bare;
+    }
+    utf8_to_utf16 (text, false, u, sizeof u);
+    r = io_pwrite_full (fd, u, kv[slot].e.value_length,
+                        md_off + e.offset + kv[slot].e.value_offset);
+    if (r == 0 && fdatasync (fd) == -1)
+      r = -errno;
+    return r;
+  }
+  if ((r = pl_build (item, kv, n, key, slot, braced, &b, &len)) < 0)
+    return r;
+  for (uint16_t i = 0; i < count; i++) {
+    struct vhdx_md_entry o;
+    vhdx_md_entry_decode (table + VHDX_MD_HEADER_SIZE +
+                          i * VHDX_MD_ENTRY_SIZE, &o);
+    if (o.length && o.offset + (uint64_t) o.length > end)
+      end = o.offset + (uint64_t) o.length;
+  }
+  end = ALIGN (end, 16);
+  if (end + len > md_len || len > VHDX_MD_ITEM_MAX) {
+    free (b);
+    return vc_error (ENOSPC, "%s: metadata: no room for a parent locator "
+                     "of %" PRIu32 " bytes", path, len);
+  }
+  r = io_pwrite_full (fd, b, len, md_off + end);
+  free (b);
+  if (r == 0 && fdatasync (fd) == -1)
+    r = -errno;
+  if (r == 0) {
+    uint8_t f[8];
+    put_le32 (f, end);
+    put_le32 (f + 4, len);
+    r = io_pwrite_full (fd, f, 8, md_off + VHDX_MD_HEADER_SIZE +
+                        idx * VHDX_MD_ENTRY_SIZE + 16);
+  }
+  if (r == 0 && fdatasync (fd) == -1)
+    r = -errno;
+  return r;
+}
+
+int
+vhdx_relink (int fd, struct layer *l, const uint8_t now[16],
+             const uint8_t next[16])
+{
+  static const char *const keys[2] = { "parent_linkage", "parent_linkage2" };
+  uint8_t hb[2][VHDX_HEADER_SIZE], *table = NULL, *item = NULL;
+  struct vhdx_header h[2];
+  struct vhdx_md_header mh;
+  struct pl_kv *kv = NULL;
+  char braced[GUID_TEXT_LEN + 3];
+  uint64_t md_off = 0;
+  uint32_t md_len = 0;
+  uint16_t n = 0, idx = 0;
+  int cur, r, at[2] = { -1, -1 }, target;
+  bool found = false;
+
+  if (!l->differencing)
+    return vc_error (EINVAL, "%s: has no parent to relink", l->path);
+  if ((r = open_headers (fd, l, hb, h, &cur)) < 0)
+    return r;
+  /* A new FileWriteGuid before the file changes; the DataWriteGuid stays:
+   * the disk the file shows does not change. */
+  if ((r = renew_headers (fd, l->path, hb, h, cur,
+                          h[cur].data_write_guid)) < 0 ||
+      (r = find_region (fd, l->path, vhdx_guid_metadata, "metadata",
+                        &md_off, &md_len)) < 0)
+    return r;
+  if (!(table = malloc (VHDX_MD_TABLE_SIZE)))
+    r = -ENOMEM;
+  else
+    r = io_pread_full (fd, table, VHDX_MD_TABLE_SIZE, md_off);
+  if (r == 0) {
+    vhdx_md_header_decode (table, &mh);
+    for (uint16_t i = 0; i < mh.entry_count && i < VHDX_MD_MAX_ENTRIES &&
+           !found; i++) {
+      struct vhdx_md_entry e;
+      vhdx_md_entry_decode (table + VHDX_MD_HEADER_SIZE +
+                            i * VHDX_MD_ENTRY_SIZE, &e);
+      if (memcmp (e.item_id, vhdx_guid_parent_locator, 16) == 0 &&
+          !(e.flags & VHDX_MD_IS_USER) && e.length >= VHDX_PL_HEADER_SIZE &&
+          e.offset + (uint64_t) e.length <= md_len) {
+        found = true;
+        idx = i;
+        if (!(item = malloc (e.length)))
+          r = -ENOMEM;
+        else if ((r = io_pread_full (fd, item, e.length,
+                                     md_off + e.offset)) == 0) {
+          n = get_le16 (item + 18);
+          if (VHDX_PL_HEADER_SIZE + (uint64_t) n * VHDX_PL_ENTRY_SIZE >
+              e.length)
+            r = vc_error (EINVAL, "%s: parent locator: %u entries do not "
+                          "fit", l->path, n);
+          else if (!(kv = calloc (n + 1, sizeof *kv)))
+            r = -ENOMEM;
+          else
+            r = pl_parse (l->path, item, e.length, kv, n);
+        }
+      }
+    }
+    if (r == 0 && !found)
+      r = vc_error (EINVAL, "%s: metadata: no parent locator", l->path);
+  }
+  /* Keep the linkage that names the parent now; the other one gets next.
+   * (Neither names it only when the chain was opened ignoring identities:
+   * then parent_linkage2.) */
+  for (uint16_t i = 0; r == 0 && i < n; i++)
+    for (int k = 0; k < 2; k++)
+      if (strcmp (kv[i].key, keys[k]) == 0)
+        at[k] = i;
+  if (r == 0) {
+    target = at[0] >= 0 && kv[at[0]].is_id &&
+             memcmp (kv[at[0]].id, now, 16) != 0 &&
+             at[1] >= 0 && kv[at[1]].is_id &&
+             memcmp (kv[at[1]].id, now, 16) == 0 ? 0 : 1;
+    braced[0] = '{';
+    guid_format (next, braced + 1);
+    strcpy (braced + 1 + GUID_TEXT_LEN, "}");
+    r = pl_store (fd, l->path, md_off, md_len, table, mh.entry_count, idx,
+                  item, kv, n, keys[target], at[target], braced);
+    vc_debug ("%s: %s is now %s", l->path, keys[target], braced);
+  }
+  for (uint16_t i = 0; kv && i < n; i++)
+    free (kv[i].key);
+  free (kv);
+  free (item);
+  free (table);
+  if (r == -ENOMEM)
+    return vc_error (ENOMEM, "%s: out of memory", l->path);
+  return r < 0 && r != -EINVAL && r != -ENOSPC
+         ? fail (l->path, r, "writing the parent locator") : r;
 }

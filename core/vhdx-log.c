@@ -50,6 +50,7 @@ struct log_ring {
   const struct layer *l;
   const struct vhdx_header *h;
   uint64_t off, len;
+  uint64_t *loaded, budget;     /* entry bytes read so far, and the cap */
 };
 
 /* An entry header, decoded. */
@@ -172,6 +173,14 @@ entry_load (const struct log_ring *ring, uint64_t rel, struct log_entry *e,
   entry_decode (sector, e);
   if ((r = entry_plausible (ring, sector, rel, e)) <= 0)
     return r;
+  /* Each 4 KiB of the ring may hold a header claiming the whole ring:
+   * unbounded, the search for the active sequence would read the ring
+   * once per 4 KiB of it.  A real log is read about twice. */
+  if ((*ring->loaded += e->length) > ring->budget)
+    return vc_error (EFBIG, "%s: log: more than %" PRIu64 " bytes of "
+                     "entries read looking for the active sequence in a "
+                     "%" PRIu64 "-byte log: corrupt log", ring->l->path,
+                     ring->budget, ring->len);
   if (!(buf = malloc (e->length)))
     return vc_error (ENOMEM, "%s: log: out of memory", ring->l->path);
   if ((r = ring_read (ring, rel, buf, e->length)) == 0)
@@ -409,7 +418,10 @@ int
 vhdx_log_replay (const struct layer *l, const struct vhdx_header *h,
                  struct vhdx_overlay *ov)
 {
-  struct log_ring ring = { l, h, h->log_offset, h->log_length };
+  uint64_t loaded = 0;
+  struct log_ring ring = { l, h, h->log_offset, h->log_length, &loaded,
+                           4 * (uint64_t) h->log_length
+                           + VHDX_LOG_MAX_ENTRY };
   int r;
 
   ov->logical_size = l->file_size;

@@ -1013,6 +1013,13 @@ claim_structure (struct open_ctx *c, uint64_t off, uint64_t len,
   return 0;
 }
 
+static int
+cmp_span (const void *a, const void *b)
+{
+  const uint64_t *x = a, *y = b;
+  return x[0] < y[0] ? -1 : x[0] > y[0];
+}
+
 /* The first MiB, the log, every region; and the MiBs replay wrote. */
 static int
 claim_structures (struct open_ctx *c)
@@ -1037,11 +1044,31 @@ claim_structures (struct open_ctx *c)
                          : memcmp (g->guid, vhdx_guid_metadata, 16) == 0 ?
                          "metadata region" : name);
   }
-  for (k = 0; k < ov->n && r == 0; k++) {
-    uint64_t m, end = (ov->ext[k].off + ov->ext[k].len + VHDX_MiB - 1)
-      / VHDX_MiB;
-    for (m = ov->ext[k].off / VHDX_MiB; m < end; m++)
-      bit_test_set (c->logged, m, true);
+  /* Each MiB replay wrote is marked once, however many extents cover it:
+   * a log may repeat a zero range of 2^49 bytes (2^29 MiBs) 120 times in
+   * one 4 KiB entry. */
+  if (r == 0 && ov->n) {
+    uint64_t (*sp)[2] = malloc (ov->n * sizeof *sp), done = 0;
+    if (!sp)
+      return vc_error (ENOMEM, "%s: out of memory", c->l->path);
+    for (k = 0; k < ov->n; k++) {
+      sp[k][0] = ov->ext[k].off / VHDX_MiB;
+      sp[k][1] = (ov->ext[k].off + ov->ext[k].len + VHDX_MiB - 1) / VHDX_MiB;
+    }
+    qsort (sp, ov->n, sizeof *sp, cmp_span);
+    for (k = 0; k < ov->n; k++) {
+      uint64_t m = sp[k][0] > done ? sp[k][0] : done;
+      for (; m < sp[k][1] && m % 8; m++)
+        bit_test_set (c->logged, m, true);
+      if (m < sp[k][1] && sp[k][1] - m >= 8) {  /* whole bytes at once */
+        memset (c->logged + m / 8, 0xFF, (sp[k][1] - m) / 8);
+        m += (sp[k][1] - m) / 8 * 8;
+      }
+      for (; m < sp[k][1]; m++)
+        bit_test_set (c->logged, m, true);
+      done = sp[k][1] > done ? sp[k][1] : done;
+    }
+    free (sp);
   }
   return r;
 }

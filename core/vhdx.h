@@ -189,4 +189,16 @@ void vhdx_overlay_free (struct vhdx_overlay *ov);
 int vhdx_read (const struct layer *l, const struct vhdx_overlay *ov,
                void *buf, size_t count, uint64_t off, const char *what);
 
+/* ---- writing (vhdx-child.c) ---- */
+
+/* A random (version 4) GUID, raw on-disk bytes. */
+void vhdx_new_guid (uint8_t raw[16]);
+
+/* The first MiB of a new file (m, 1 MiB): file identifier with creator
+ * "vhdchain", both headers (new FileWriteGuid and DataWriteGuid, LogGuid
+ * zero, a 1 MiB log at 1 MiB, SequenceNumbers 1 and 2) and both copies of
+ * a region table naming the BAT and metadata regions. */
+void vhdx_make_first_mib (uint8_t *m, uint64_t md_off, uint32_t md_len,
+                          uint64_t bat_off, uint32_t bat_len);
+
 #endif

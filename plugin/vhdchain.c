@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,7 +115,22 @@ vhdchain_can_cache (void *handle)
   return NBDKIT_CACHE_EMULATE;
 }
 
-/* The plugin boundary: -errno from core becomes errno and one message. */
+/* Errors the NBD protocol has a code for; nbdkit sends any other as
+ * EINVAL, which would tell a client its request was wrong. */
+static bool
+nbd_carries (int err)
+{
+  switch (err) {
+  case EPERM: case EROFS: case EIO: case ENOMEM: case EINVAL: case ENOSPC:
+  case EDQUOT: case EFBIG: case EOVERFLOW: case ENOTSUP: case ESHUTDOWN:
+    return true;
+  }
+  return false;
+}
+
+/* The plugin boundary: -errno from core becomes errno and one message.
+ * A failure the protocol cannot name (ENOTCONN from a dead FUSE mount,
+ * ESTALE, ENXIO ...) goes to the client as EIO, which it is. */
 static int
 result (struct export *e, int r, const char *what, uint32_t count,
         uint64_t offset)
@@ -124,6 +140,7 @@ result (struct export *e, int r, const char *what, uint32_t count,
   errno = -r;
   nbdkit_error ("%s: %s of %" PRIu32 " bytes at %" PRIu64 ": %m",
                 e->keep ? e->keep : e->tip, what, count, offset);
+  errno = nbd_carries (-r) ? -r : EIO;
   return -1;
 }
 

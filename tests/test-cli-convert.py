@@ -11,12 +11,18 @@ output, sparse, with a progress bar only on a terminal.
   by CHS geometry (FORMATS.md 2.2), so the comparison is made with
   force_size_calc=current_size, and QEMU's default reading is checked to be
   the CHS-sized prefix of the same bytes.
+- To .vhdx (from a VHD chain): a dynamic VHDX with 32 MiB blocks (the
+  default) or 2 MiB ones (--block-size 2M) that passes check and vhdxgen's
+  structure reading, whose allocated blocks are exactly those holding
+  non-zero data, and that qemu-img (`qemu-img convert -f vhdx -O raw`) and
+  the plugin read as the expected image.  (VHDX chains, 4096-byte
+  sectors: test-cli-vhdx.py.)
 - The DiscUtils VHDX sample with a dirty log converts to the SHA-256
   FORMATS.md documents.
 - Progress: drawn on a terminal (a pty), not with --quiet, never when
   stderr is not a terminal.
-- Refusals: existing OUT (unless --force), OUT being a chain file, .vhdx
-  output, a bad --format, a missing TIP.
+- Refusals: existing OUT (unless --force), OUT being a chain file, a bad
+  --format, a missing TIP.
 """
 
 import os
@@ -27,6 +33,7 @@ import subprocess
 import harness
 import vhdchain_cli as cli
 import vhdgen as g
+import vhdxgen
 from vhdgen import MiB
 
 r = harness.Reporter('test-cli-convert')
@@ -88,6 +95,37 @@ def to_vhd(tip, want, tmp):
     same(cli.read_export(out, tmp), want, 'vhd: the plugin reads it')
 
 
+def to_vhdx(tip, want, tmp):
+    for bs, opts in ((32 * MiB, []), (2 * MiB, ['--block-size', '2M'])):
+        what = 'vhdx, %d MiB blocks' % (bs // MiB)
+        out = os.path.join(tmp, 'out%d.vhdx' % (bs // MiB))
+        cli.ok('convert', *opts, tip, out)
+        r.equal(vhdxgen.structure_problems(out), [],
+                '%s: sound structure' % what)
+        rc, text, err = cli.run('check', out)
+        r.check(rc == 0 and ' 0 errors, 0 warnings' in text,
+                '%s: check passes' % what, text + err)
+        info = vhdxgen.read_file(out)
+        r.equal((info.differencing, info.block_size, info.sector,
+                 info.size), (False, bs, 512, len(want)),
+                '%s: dynamic, block size, exact size' % what)
+        nonzero = [b for b in range(info.nr_blocks)
+                   if want[b * bs:(b + 1) * bs].count(0) !=
+                   len(want[b * bs:(b + 1) * bs])]
+        r.equal([b for b, (st, _, _) in sorted(info.blocks.items())
+                 if st != vhdxgen.NOT_PRESENT], nonzero,
+                '%s: exactly the blocks holding non-zero data are allocated'
+                % what)
+        r.check(set(st for st, _, _ in info.blocks.values()) <=
+                {vhdxgen.NOT_PRESENT, vhdxgen.FULLY_PRESENT},
+                '%s: NOT_PRESENT or FULLY_PRESENT blocks only' % what)
+        q = harness.qemu_raw(out, os.path.join(tmp, 'qx.raw'), fmt='vhdx')
+        same(open(q, 'rb').read(), want, '%s: qemu-img reads the expected '
+             'image' % what)
+        same(cli.read_export(out, tmp), want, '%s: the plugin reads it'
+             % what)
+
+
 def progress(tip, tmp):
     def on_pty(*args):
         """Run with stderr on a pty, reading it as it comes (EIO: the
@@ -124,6 +162,7 @@ def body():
         before = harness.snapshot([p.path for p in points])
         raw = to_raw(tip, want, tmp)
         to_vhd(tip, want, tmp)
+        to_vhdx(tip, want, tmp)
         progress(tip, tmp)
 
         log = harness.gunzip_to(harness.sample(
@@ -141,14 +180,11 @@ def body():
              '--force overwrites OUT')
         cli.fails(r, ['convert', '--force', tip, points[0].path], 1,
                   'file of the chain', 'OUT is a chain file')
-        cli.fails(r, ['convert', tip, os.path.join(tmp, 'x.vhdx')], 1,
-                  'not supported yet', '.vhdx output')
         cli.fails(r, ['convert', '--format', 'qcow2', tip,
                       os.path.join(tmp, 'x')], 2, 'qcow2', 'bad --format')
         cli.fails(r, ['convert', os.path.join(tmp, 'no.vhd'),
                       os.path.join(tmp, 'y.raw')], 2, 'no.vhd', 'missing TIP')
-        r.check(not os.path.exists(os.path.join(tmp, 'x.vhdx')) and
-                not os.path.exists(os.path.join(tmp, 'y.raw')),
+        r.check(not os.path.exists(os.path.join(tmp, 'y.raw')),
                 'refused converts leave no file')
         r.equal(harness.changed_files(before), [], 'the chain is unchanged')
 

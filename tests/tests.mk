@@ -145,3 +145,102 @@ EXTRA_DIST += tests/unit.h
 # direct=true: O_DIRECT reads through bounce buffers.
 TESTS += tests/test-direct.py
 EXTRA_DIST += tests/test-direct.py
+
+# vhdchain merge and convert on VHDX chains (issue 9): merges into
+# differencing and dynamic VHDX parents (vhdxgen chains, 512 and 4096-byte
+# sectors, Windows-made samples, children made by vhdchain), the parent's
+# new identity and the child's parent_linkage2, refusals, a crash at every
+# step; convert to dynamic VHDX read by qemu-img, libvhdi and the plugin.
+TESTS += tests/test-cli-vhdx.py
+EXTRA_DIST += tests/test-cli-vhdx.py
+
+# End to end with the real programs (issue 7): boot a VM from a checkpoint
+# through SeaBIOS over nbd+unix:// (a Debian kernel + busybox disk built by
+# tests/e2e/build-bootdisk.sh, cached in /var/tmp/vhdchain-vmimage), attach
+# one as a block device (nbdfuse + loop + partx, contrib/vhdchain-attach,
+# nbd-client -l), back one up while a writer keeps writing (nbdcopy,
+# qemu-img convert, fio --verify_only over 4 connections), and serve one
+# through the systemd socket-activated units.  The commands of
+# docs/recipes.md run as they stand.  Root (loop devices, mounts).
+TESTS += \
+	tests/test-e2e-boot.py \
+	tests/test-e2e-attach.py \
+	tests/test-e2e-backup.py \
+	tests/test-e2e-socket.py
+EXTRA_DIST += \
+	tests/test-e2e-boot.py \
+	tests/test-e2e-attach.py \
+	tests/test-e2e-backup.py \
+	tests/test-e2e-socket.py \
+	tests/e2e/build-bootdisk.sh \
+	tests/e2e/e2elib.py \
+	tests/e2e/writer.py \
+	docs/recipes.md \
+	contrib/vhdchain-attach \
+	contrib/vhdchain@.socket \
+	contrib/vhdchain@.service
+
+# Hostile images, crashes and load (issue 8; tests/fuzz/README.md and
+# docs/security.md).  test-hostile: every malformed image (its own cases
+# and those of test-malformed and test-vhdx-malformed) refused with one
+# line under strace and an address-space limit, nothing outside the
+# allowed folders opened.  test-crash-multi: kill -9 at 100 moments of a
+# 3-connection write/zero/trim/flush workload, vhdchain check after each.
+# test-io-errors: a failing disk under the layer (nbdkit error filter,
+# nbdfuse, loop, ext4: this kernel has no device-mapper), chain files
+# shrinking, vanishing or on a dying FUSE mount.  test-soak: 8-connection
+# fio verify with the plugin under ASan+UBSan, then TSan.  test-fuzz: the
+# libFuzzer targets, FUZZ_SECONDS each (default 60).  test-sanitizers:
+# the unit tests and every fuzz seed under ASan+UBSan.  The sanitizer
+# builds use clang (and gcc's TSan) apart from the main build:
+# tests/fuzz/build.sh, into tests/fuzz/build.
+TESTS += \
+	tests/test-hostile.py \
+	tests/test-crash-multi.py \
+	tests/test-io-errors.py \
+	tests/test-soak.py \
+	tests/test-fuzz.sh \
+	tests/test-sanitizers.sh
+EXTRA_DIST += \
+	tests/test-hostile.py \
+	tests/test-crash-multi.py \
+	tests/test-io-errors.py \
+	tests/test-soak.py \
+	tests/test-fuzz.sh \
+	tests/test-sanitizers.sh \
+	tests/fuzz/README.md \
+	tests/fuzz/build.sh \
+	tests/fuzz/run.sh \
+	tests/fuzz/mkcorpus.py \
+	tests/fuzz/fuzz.h \
+	tests/fuzz/fuzz-common.c \
+	tests/fuzz/fuzz-vm.c \
+	tests/fuzz/fuzz-vhd.c \
+	tests/fuzz/fuzz-vhdx.c \
+	tests/fuzz/fuzz-locator.c \
+	tests/fuzz/fuzz-xml.c \
+	tests/fuzz/fuzz-vmcx.c \
+	tests/fuzz/sanitize-unload.c \
+	tests/fuzz/vhd.dict \
+	tests/fuzz/vhdx.dict \
+	tests/fuzz/locator.dict \
+	tests/fuzz/xml.dict \
+	tests/fuzz/vmcx.dict \
+	tests/fuzz/regressions
+
+# make fuzz: each target for FUZZ_SECONDS (default 60; FUZZ_JOBS at
+# once), the corpora growing in tests/fuzz/build/work from run to run.
+# make soak: the sanitizer soak for SOAK_SECONDS (default 600) each.
+FUZZ_SECONDS ?= 60
+SOAK_SECONDS ?= 600
+fuzz:
+	$(AM_TESTS_ENVIRONMENT) FUZZ_SECONDS=$(FUZZ_SECONDS) \
+	  FUZZ_BUILD='$(abs_top_builddir)/tests/fuzz/build' \
+	  $(abs_top_srcdir)/tests/fuzz/run.sh
+soak: all
+	$(AM_TESTS_ENVIRONMENT) SOAK_SECONDS=$(SOAK_SECONDS) \
+	  FUZZ_BUILD='$(abs_top_builddir)/tests/fuzz/build' \
+	  /usr/bin/python3 $(abs_top_srcdir)/tests/test-soak.py
+clean-fuzz:
+	rm -rf tests/fuzz/build
+.PHONY: fuzz soak clean-fuzz

@@ -12,10 +12,16 @@ What runs (all servers on Unix sockets in a temporary folder):
             $BENCH_DIR (default /var/tmp/vhdchain-bench): a 1 GiB chain of
             64 files (fully allocated random base, 63 fragmented layers),
             used at depths 1, 8 and 64 with the flattened raw image of each,
-            and a 2040 GiB chain of 64 sparse files for memory and start-up.
+            a 1 GiB VHDX chain of 8 files built with tests/vhdxgen.py (the
+            same recipe: fully allocated random base.vhdx, 7 fragmented
+            .avhdx layers) with the raw images of depths 1 and 8, and a
+            2040 GiB chain of 64 sparse files for memory and start-up.
   servers   vhdchain io=auto and io=pread; `nbdkit file` on the flattened
             raw image (the limit of this NBD stack); qemu-nbd -r -f vpc on
-            the dynamic base (depth 1 only: QEMU misreads differencing VHD).
+            the dynamic base (depth 1 only: QEMU misreads differencing VHD);
+            for VHDX (rows x8.*, x1.*) the same at depth 8, and on the base
+            alone qemu-nbd -r -f vhdx beside vhdchain (QEMU cannot read
+            differencing VHDX at all).
   reads     sequential: nbdcopy URI null:, every server of a depth up at
             once, passes interleaved round by round (round 0 a warm-up),
             $BENCH_SEQ_REPEAT passes (default 5);
@@ -33,6 +39,17 @@ What runs (all servers on Unix sockets in a temporary folder):
             depth-1 raw image ($BENCH_REPEAT passes, alternating); the
             sequential write also on a fresh sparse raw file for context;
             then reads of what was just written (every block in the layer).
+  CLI       (issue 9) vhdchain convert of the depth-8 VHD chain to raw and
+            to .vhd against qemu-img convert of its flattened raw image to
+            raw and vpc, not synced (both tools' defaults) and synced
+            (--flush against -t writeback); vhdchain merge --into base.vhd
+            on a fresh copy of the depth-8 chain (always synced) against
+            the synced qemu-img convert to vpc.  Times become speeds
+            (1 GiB / wall time), so ratios are qemu-img time / vhdchain
+            time; unsynced pairs $BENCH_CLI_REPEAT rounds (default 8)
+            after a warm-up, synced ones and merge half as many (at least
+            $BENCH_REPEAT), tools alternating which goes first; outputs
+            checked in full once.
   2 TiB     peak RSS (VmHWM) of nbdkit after start-up, after an nbdcopy pass
             and after random reads, and the time from exec to ready (the
             pid file), against `nbdkit file` on a sparse raw file as large.
@@ -48,14 +65,16 @@ Results: one table on stdout, one line per target, and the same as JSON in
 $BENCH_JSON (default $BENCH_DIR/bench-results.json).
 
 Environment: PLUGIN (from make), BENCH_DIR, BENCH_JSON, BENCH_REPEAT,
-BENCH_SEQ_REPEAT, BENCH_RAND_REPEAT, BENCH_RUNTIME, BENCH_ONLY (comma list
-of sections: cached, cold, writes, huge; default all).
+BENCH_SEQ_REPEAT, BENCH_RAND_REPEAT, BENCH_RUNTIME, BENCH_CLI_REPEAT,
+BENCH_ONLY (comma list of sections: cached, vhdx, cold, writes, cli, huge;
+default all).
 """
 
 import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -76,6 +95,7 @@ os.environ['PATH'] = '/usr/bin:/bin:/usr/sbin:/sbin:' + \
     os.environ.get('PATH', '')
 
 PLUGIN = harness.PLUGIN
+VHDCHAIN = os.path.join(harness.TOP_BUILDDIR, 'contrib', 'vhdchain')
 BENCH_DIR = os.environ.get('BENCH_DIR') or '/var/tmp/vhdchain-bench'
 BENCH_JSON = os.environ.get('BENCH_JSON') or os.path.join(
     BENCH_DIR, 'bench-results.json')
@@ -83,9 +103,13 @@ REPEAT = int(os.environ.get('BENCH_REPEAT') or 3)
 # Cached sequential passes take well under a second each: take more.
 SEQ_REPEAT = int(os.environ.get('BENCH_SEQ_REPEAT') or max(REPEAT, 5))
 RAND_REPEAT = int(os.environ.get('BENCH_RAND_REPEAT') or 2)
+# CLI commands take about a second each and other work on the machine
+# throws single runs about (a slow mode 2-4 times slower): take more.
+CLI_REPEAT = int(os.environ.get('BENCH_CLI_REPEAT') or max(REPEAT, 8))
+CLI_SYNC_REPEAT = max(REPEAT, CLI_REPEAT // 2)
 RUNTIME = int(os.environ.get('BENCH_RUNTIME') or 10)
 ONLY = set(filter(None, (os.environ.get('BENCH_ONLY') or
-                         'cached,cold,writes,huge').split(',')))
+                         'cached,vhdx,cold,writes,cli,huge').split(',')))
 MB = 1e6
 GiB = 1 << 30
 CLK_TCK = os.sysconf('SC_CLK_TCK')
@@ -113,12 +137,26 @@ TARGETS = [
      'depth 1 sequential read vs qemu-nbd'),
     ('d1-rand-vs-qemu', 'd1.auto.rand', 'd1.qemu.rand', 1.3,
      'depth 1 random 4K read vs qemu-nbd'),
+    ('vhdx-d8-seq-vs-file', 'x8.auto.seq', 'x8.file.seq', 0.9,
+     'VHDX depth 8 sequential read vs nbdkit file'),
+    ('vhdx-d8-rand-vs-file', 'x8.auto.rand', 'x8.file.rand', 0.9,
+     'VHDX depth 8 random 4K read vs nbdkit file'),
     ('cold-uring-vs-pread', 'cold.uring.seq', 'cold.pread.seq', 2.0,
      'cold-cache depth 64 sequential read, io=uring vs io=pread'),
     ('write-seq-vs-file', 'w.vhdchain.seqwrite', 'w.file.seqwrite', 0.7,
      'sequential 1 MiB write vs nbdkit file'),
     ('write-rand-vs-file', 'w.vhdchain.randwrite', 'w.file.randwrite', 0.5,
      'random 4K write vs nbdkit file'),
+    ('cli-convert-raw', 'cli.raw.vhdchain', 'cli.raw.qemu', 0.7,
+     'convert d8 -> raw vs qemu-img convert, not synced'),
+    ('cli-convert-vhd', 'cli.vhd.vhdchain', 'cli.vhd.qemu', 0.7,
+     'convert d8 -> vhd vs qemu-img convert -O vpc, not synced'),
+    ('cli-convert-raw-sync', 'cli.rawsync.vhdchain', 'cli.rawsync.qemu', 0.7,
+     'convert --flush -> raw vs qemu-img -t writeback'),
+    ('cli-convert-vhd-sync', 'cli.vhdsync.vhdchain', 'cli.vhdsync.qemu', 0.7,
+     'convert --flush -> vhd vs qemu-img -t writeback -O vpc'),
+    ('cli-merge', 'cli.merge.vhdchain', 'cli.vhdsync.qemu', 0.7,
+     'merge --into base vs qemu-img -t writeback -O vpc'),
 ]
 
 # Each row's reference for the ratio column of the table.
@@ -130,6 +168,13 @@ for _d in (1, 8, 64):
 for _w in ('seqwrite', 'randwrite', 'seq', 'rand'):
     REFERENCE['w.vhdchain.' + _w] = 'w.file.' + _w
 REFERENCE['w.sparse.seqwrite'] = 'w.file.seqwrite'
+for _w in ('seq', 'rand'):
+    for _s in ('auto', 'pread'):
+        REFERENCE['x8.%s.%s' % (_s, _w)] = 'x8.file.' + _w
+    REFERENCE['x1.auto.' + _w] = 'x1.qemu.' + _w
+for _op in ('raw', 'vhd', 'rawsync', 'vhdsync'):
+    REFERENCE['cli.%s.vhdchain' % _op] = 'cli.%s.qemu' % _op
+REFERENCE['cli.merge.vhdchain'] = 'cli.vhdsync.qemu'
 for _c in ('cold', 'cold1'):
     REFERENCE[_c + '.uring.seq'] = _c + '.pread.seq'
     REFERENCE[_c + '.pread.seq'] = _c + '.file.seq'
@@ -144,18 +189,19 @@ def log(msg):
 class Server:
     """One NBD server on a Unix socket in its own temporary folder.
 
-    kind: 'vhdchain', 'file' or 'qemu'.  Ready when its pid file is written
-    (both nbdkit and qemu-nbd write it once the socket listens)."""
+    kind: 'vhdchain', 'file' or 'qemu' (-f fmt).  Ready when its pid file
+    is written (both nbdkit and qemu-nbd write it once the socket listens)."""
 
-    def __init__(self, kind, target, params=(), readonly=True, env=None):
+    def __init__(self, kind, target, params=(), readonly=True, env=None,
+                 fmt='vpc'):
         self.kind, self.target, self.params = kind, target, list(params)
-        self.readonly, self.env = readonly, env
+        self.readonly, self.env, self.fmt = readonly, env, fmt
         self.proc = None
         self.log = ''
 
     def argv(self):
         if self.kind == 'qemu':
-            return ['qemu-nbd', '-r', '-f', 'vpc', '-t', '--shared=0',
+            return ['qemu-nbd', '-r', '-f', self.fmt, '-t', '--shared=0',
                     '-k', self.sock, '--pid-file', self.pidfile, self.target]
         argv = ['nbdkit', '-f', '--exit-with-parent', '-U', self.sock,
                 '-P', self.pidfile]
@@ -419,50 +465,88 @@ def section_cached(big):
         if depth == 64:
             specs.append(('d1auto', 'd1 vhdchain io=auto', 'vhdchain',
                           big['layers'][0], ['io=auto'], big['expected'][1]))
-        with contextlib.ExitStack() as stack:
-            up = []
-            for short, label, kind, target, params, exp in specs:
-                label = label if short == 'd1auto' else \
-                    'd%-2d %s' % (depth, label)
-                srv = guarded('start ' + label, stack.enter_context,
-                              Server(kind, target, params))
-                if srv is None:
-                    continue
-                check = '-' if kind == 'file' else \
-                    check_data(label, srv, exp, size)
-                up.append(('d%d.%s' % (depth, short), label, srv, check))
-            seq = {u[0]: [] for u in up}
-            rand = {u[0]: [] for u in up}
-            cpu = {u[0]: [0.0, 0.0, 0.0] for u in up}   # seq s, rand s, IOs
-            for rnd in range(SEQ_REPEAT + 1):
-                for prefix, label, srv, check in up:
-                    c0 = srv.cpu_seconds()
-                    t = guarded(prefix + '.seq', nbdcopy_seconds, srv.uri)
-                    if t and rnd:
-                        seq[prefix].append(size / t / MB)
-                        cpu[prefix][0] += srv.cpu_seconds() - c0
-            for rnd in range(RAND_REPEAT):
-                for prefix, label, srv, check in up:
-                    c0 = srv.cpu_seconds()
-                    r = guarded(prefix + '.rand', fio, srv, 'randread', '4k',
-                                32, RUNTIME)
-                    if r is not None:
-                        rand[prefix].append(r['iops'])
-                        cpu[prefix][1] += srv.cpu_seconds() - c0
-                        cpu[prefix][2] += r['total_ios']
+        group = []
+        for short, label, kind, target, params, exp in specs:
+            label = label if short == 'd1auto' else \
+                'd%-2d %s' % (depth, label)
+            group.append(('d%d.%s' % (depth, short), label, kind, target,
+                          dict(params=params), exp))
+        cached_group(group, size)
+
+
+def section_vhdx(vx):
+    """The VHDX chain of depth 8, as section_cached: nbdkit file on the
+    flattened raw image, vhdchain io=auto and io=pread on the tip; and on
+    the base alone (qemu cannot read differencing VHDX) qemu-nbd -f vhdx
+    beside vhdchain, the pair users would choose between today.  All up at
+    once, passes interleaved."""
+    size = chains.VHDX['size']
+    tip, base = vx['layers'][7], vx['layers'][0]
+    d8, d1 = vx['expected'][8], vx['expected'][1]
+    log('cached reads, VHDX depth 8 (tip %s; base %s also alone)'
+        % (os.path.basename(tip), os.path.basename(base)))
+    group = [('x8.file', 'vhdx d8 nbdkit file (flat raw)', 'file', d8,
+              {}, d8),
+             ('x8.auto', 'vhdx d8 vhdchain io=auto', 'vhdchain', tip,
+              dict(params=['io=auto']), d8),
+             ('x8.pread', 'vhdx d8 vhdchain io=pread', 'vhdchain', tip,
+              dict(params=['io=pread']), d8),
+             ('x1.auto', 'vhdx base vhdchain io=auto', 'vhdchain', base,
+              dict(params=['io=auto']), d1)]
+    if shutil.which('qemu-nbd'):
+        group.insert(3, ('x1.qemu', 'vhdx base qemu-nbd -f vhdx', 'qemu',
+                         base, dict(fmt='vhdx'), d1))
+    cached_group(group, size)
+
+
+def cached_group(group, size):
+    """Start every server of group [(row prefix, label, kind, target,
+    Server keywords, expected raw)], check its data, then run the
+    sequential passes (round 0 a warm-up) and the random runs, interleaved
+    round by round over the servers; record rows PREFIX.seq and
+    PREFIX.rand."""
+    with contextlib.ExitStack() as stack:
+        up = []
+        for prefix, label, kind, target, kw, exp in group:
+            srv = guarded('start ' + label, stack.enter_context,
+                          Server(kind, target, **kw))
+            if srv is None:
+                continue
+            check = '-' if kind == 'file' else \
+                check_data(label, srv, exp, size)
+            up.append((prefix, label, srv, check))
+        seq = {u[0]: [] for u in up}
+        rand = {u[0]: [] for u in up}
+        cpu = {u[0]: [0.0, 0.0, 0.0] for u in up}   # seq s, rand s, IOs
+        for rnd in range(SEQ_REPEAT + 1):
             for prefix, label, srv, check in up:
-                c = cpu[prefix]
-                record_samples(prefix + '.seq', label, 'seq read',
-                               seq[prefix], 'MB/s', check=check,
-                               cpu=cpu_per_gib(c[0], len(seq[prefix]) * size))
-                record_samples(prefix + '.rand', label, 'rand 4K read qd32',
-                               rand[prefix], 'IOPS', check=check,
-                               vmhwm_kib=srv.vmhwm_kib(),
-                               cpu=cpu_per_io(c[1], c[2]))
-                log('  %-28s seq %8s MB/s (%s)   rand %9s IOPS (%s)   [%s]'
-                    % (label, fmt(best(seq[prefix])),
-                       samples_txt(seq[prefix]), fmt(best(rand[prefix])),
-                       samples_txt(rand[prefix]), check))
+                c0 = srv.cpu_seconds()
+                t = guarded(prefix + '.seq', nbdcopy_seconds, srv.uri)
+                if t and rnd:
+                    seq[prefix].append(size / t / MB)
+                    cpu[prefix][0] += srv.cpu_seconds() - c0
+        for rnd in range(RAND_REPEAT):
+            for prefix, label, srv, check in up:
+                c0 = srv.cpu_seconds()
+                r = guarded(prefix + '.rand', fio, srv, 'randread', '4k',
+                            32, RUNTIME)
+                if r is not None:
+                    rand[prefix].append(r['iops'])
+                    cpu[prefix][1] += srv.cpu_seconds() - c0
+                    cpu[prefix][2] += r['total_ios']
+        for prefix, label, srv, check in up:
+            c = cpu[prefix]
+            record_samples(prefix + '.seq', label, 'seq read',
+                           seq[prefix], 'MB/s', check=check,
+                           cpu=cpu_per_gib(c[0], len(seq[prefix]) * size))
+            record_samples(prefix + '.rand', label, 'rand 4K read qd32',
+                           rand[prefix], 'IOPS', check=check,
+                           vmhwm_kib=srv.vmhwm_kib(),
+                           cpu=cpu_per_io(c[1], c[2]))
+            log('  %-28s seq %8s MB/s (%s)   rand %9s IOPS (%s)   [%s]'
+                % (label, fmt(best(seq[prefix])),
+                   samples_txt(seq[prefix]), fmt(best(rand[prefix])),
+                   samples_txt(rand[prefix]), check))
 
 
 def section_cold(big):
@@ -648,6 +732,240 @@ def readback(kept, size):
                best(rand[short]), samples_txt(rand[short])))
 
 
+CLI_LABELS = {
+    ('raw', 'vhdchain'): 'vhdchain convert d8 -> raw',
+    ('raw', 'qemu'): 'qemu-img convert flat raw -> raw',
+    ('vhd', 'vhdchain'): 'vhdchain convert d8 -> vhd',
+    ('vhd', 'qemu'): 'qemu-img convert flat raw -> vpc',
+    ('rawsync', 'vhdchain'): 'vhdchain convert --flush d8 -> raw',
+    ('rawsync', 'qemu'): 'qemu-img convert -t writeback -> raw',
+    ('vhdsync', 'vhdchain'): 'vhdchain convert --flush d8 -> vhd',
+    ('vhdsync', 'qemu'): 'qemu-img convert -t writeback -> vpc',
+    ('merge', 'vhdchain'): 'vhdchain merge --into base (d8)',
+}
+CLI_WORKLOADS = {'raw': 'convert, not synced', 'vhd': 'convert, not synced',
+                 'rawsync': 'convert, synced',
+                 'vhdsync': 'convert, synced',
+                 'merge': 'merge 7 layers, synced'}
+
+
+def section_cli(big):
+    """Issue 9: `vhdchain convert` and `vhdchain merge` of the 1 GiB
+    depth-8 VHD chain against `qemu-img convert` of its flattened raw image
+    to the same format, each command timed from exec to exit and turned
+    into a speed (1 GiB / wall time), so that the ratio is qemu-img's time
+    over vhdchain's.
+
+      raw, vhd          convert to raw / dynamic VHD, not synced: vhdchain
+                        without --flush, qemu-img with its default cache
+                        mode for the output ('unsafe': no flush), both
+                        leaving the data dirty in the page cache;
+      rawsync, vhdsync  the same, synced: vhdchain --flush (fsync before
+                        exiting), qemu-img -t writeback (fdatasync on
+                        close; its vpc driver also syncs after each block
+                        it allocates);
+      merge             merge --into base.vhd of snap07.avhd on a fresh copy
+                        of the 8 files (the copy and its sync not timed);
+                        merge always syncs (fdatasync per batch) and writes
+                        only what the layers hold; its reference is the
+                        vhdsync qemu-img row, an equivalent full image made
+                        durable.
+
+    Every command runs with the page cache synced first and its output
+    removed; the sources are cached (round 0 of the unsynced pairs is a
+    warm-up).  Pairs alternate which tool goes first.  Outputs of vhdchain
+    are checked in full against the flattened image (the raw file compared,
+    the VHD and the merged base read through the plugin), once each."""
+    size = chains.BIG['size']
+    depth = 8
+    chain = big['layers'][:depth]
+    raw = big['expected'][depth]
+    missing = [t for t in ('qemu-img',) if shutil.which(t) is None]
+    if not os.access(VHDCHAIN, os.X_OK):
+        missing.append(VHDCHAIN)
+    if missing:
+        NOTES.append('CLI rows skipped: missing %s' % ', '.join(missing))
+        log('  NOTE: ' + NOTES[-1])
+        return
+    work = tempfile.mkdtemp(prefix='vhdchain-bench-cli-', dir=BENCH_DIR)
+    log('CLI: vhdchain convert and merge of the depth-8 VHD chain vs '
+        'qemu-img convert of the flattened raw image')
+    vpc = ['-O', 'vpc', '-o', 'subformat=dynamic,force_size=on']
+
+    def argv(op, tool, out):
+        if tool == 'qemu':
+            cache = ['-t', 'writeback'] if op.endswith('sync') else []
+            fmt = vpc if op.startswith('vhd') else ['-O', 'raw']
+            return ['qemu-img', 'convert'] + cache + ['-f', 'raw'] + fmt + \
+                [raw, out]
+        flush = ['--flush'] if op.endswith('sync') else []
+        return [VHDCHAIN, 'convert', '-q'] + flush + [chain[-1], out]
+
+    def output(op, tool):
+        return os.path.join(work, '%s-%s.%s' % (
+            op, tool, 'vhd' if op.startswith('vhd') else 'raw'))
+
+    passes, cpu, checks, seconds = {}, {}, {}, {}
+
+    def timed(cmd, out=None):
+        if out:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(out)
+        os.sync()
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        run(cmd, timeout=1800)
+        t = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return t, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+
+    def one(op, tool, counted):
+        out = output(op, tool)
+        t, c = timed(argv(op, tool, out), out)
+        if counted:
+            passes.setdefault((op, tool), []).append(size / t / MB)
+            seconds.setdefault((op, tool), []).append(round(t, 3))
+            cpu[op, tool] = cpu.get((op, tool), 0.0) + c
+        if tool == 'vhdchain' and (op, tool) not in checks:
+            checks[op, tool] = check_output(op, out, raw, size)
+        os.unlink(out)
+
+    def merge_once():
+        mdir = os.path.join(work, 'merge')
+        os.mkdir(mdir)
+        try:
+            copies = []
+            for path in chain:
+                copies.append(os.path.join(mdir, os.path.basename(path)))
+                shutil.copyfile(path, copies[-1])
+            cmd = [VHDCHAIN, 'merge', '-q', '--into', copies[0], copies[-1]]
+            t, c = timed(cmd)
+            key = ('merge', 'vhdchain')
+            passes.setdefault(key, []).append(size / t / MB)
+            seconds.setdefault(key, []).append(round(t, 3))
+            cpu[key] = cpu.get(key, 0.0) + c
+            if ('merge', 'vhdchain') not in checks:
+                checks['merge', 'vhdchain'] = check_merged(copies[0], raw,
+                                                          size)
+        finally:
+            shutil.rmtree(mdir, ignore_errors=True)
+
+    merged = None
+    try:
+        merged = layer_bytes(chain[-1])
+        for rnd in range(CLI_REPEAT + 1):
+            for op in ('raw', 'vhd'):
+                tools = ('vhdchain', 'qemu') if rnd % 2 else \
+                    ('qemu', 'vhdchain')
+                for tool in tools:
+                    guarded('cli.%s.%s' % (op, tool), one, op, tool, rnd > 0)
+        for rnd in range(CLI_SYNC_REPEAT):
+            for op in ('rawsync', 'vhdsync'):
+                tools = ('vhdchain', 'qemu') if rnd % 2 else \
+                    ('qemu', 'vhdchain')
+                for tool in tools:
+                    guarded('cli.%s.%s' % (op, tool), one, op, tool, True)
+            guarded('cli.merge.vhdchain', merge_once)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        for op in ('raw', 'vhd', 'rawsync', 'vhdsync', 'merge'):
+            for tool in ('qemu', 'vhdchain'):
+                p = passes.get((op, tool))
+                if not p:
+                    continue
+                extra = {'seconds': seconds[op, tool]}
+                if op == 'merge':
+                    extra['layer_bytes'] = merged
+                record_samples('cli.%s.%s' % (op, tool),
+                               CLI_LABELS[op, tool], CLI_WORKLOADS[op], p,
+                               'MB/s', check=checks.get((op, tool), '-'),
+                               cpu=cpu_per_gib(cpu[op, tool], len(p) * size),
+                               **extra)
+                log('  %-36s %-22s best %6.2f s (%s s)   [%s]'
+                    % (CLI_LABELS[op, tool], CLI_WORKLOADS[op],
+                       min(seconds[op, tool]),
+                       ', '.join('%.2f' % x for x in seconds[op, tool]),
+                       checks.get((op, tool), '-')))
+    NOTES.append('CLI rows: speed = 1 GiB / wall time of the command, so '
+                  'the ratio is qemu-img time / vhdchain time; server CPU '
+                  'there = the command\'s user+system time.  "not synced": '
+                  'vhdchain convert without --flush vs qemu-img convert '
+                  'with its default output cache mode (unsafe, no flush); '
+                  '"synced": vhdchain convert --flush vs qemu-img convert '
+                  '-t writeback (vpc: fdatasync per allocated block too).  '
+                  'merge (always fdatasync) writes only the %.1f MiB the 7 '
+                  'layers hold into a fresh copy of the chain; its '
+                  'reference is qemu-img making the equivalent full image, '
+                  'synced (cli.vhdsync.qemu)'
+                  % ((merged or 0) / (1 << 20)))
+
+
+def layer_bytes(tip):
+    """Bytes of the virtual disk that the layers above the base provide,
+    from `vhdchain map` (what merge --into base copies)."""
+    ranges = json.loads(run([VHDCHAIN, 'map', '--json', tip]).stdout)
+    base = max(r['layer'] for r in ranges)
+    return sum(r['length'] for r in ranges
+               if r['type'] == 'data' and r['layer'] != base)
+
+
+def check_output(op, out, raw, size):
+    """'ok' or 'WRONG DATA' (also a warning): the whole output of a
+    convert against the flattened image."""
+    if op.startswith('raw'):
+        bad = not same_file(out, raw)
+    else:
+        with Server('vhdchain', out) as srv:
+            bad = not nbd_equals_file(srv, raw, size)
+    if bad:
+        WARNINGS.append('cli %s: WRONG DATA: output differs from the '
+                        'flattened image' % op)
+    return 'WRONG DATA' if bad else 'ok'
+
+
+def check_merged(base, raw, size):
+    """The merged base alone must read as the depth-8 tip did, and pass
+    `vhdchain check`."""
+    problems = []
+    rc = run([VHDCHAIN, 'check', base], check=False)
+    if rc.returncode != 0:
+        problems.append('vhdchain check: exit %d: %s' % (
+            rc.returncode, (rc.stdout + rc.stderr).decode()[-300:]))
+    with Server('vhdchain', base) as srv:
+        if not nbd_equals_file(srv, raw, size):
+            problems.append('merged base differs from the flattened image')
+    if problems:
+        WARNINGS.append('cli merge: WRONG DATA: ' + '; '.join(problems))
+    return 'WRONG DATA' if problems else 'ok'
+
+
+def same_file(a, b, chunk=16 << 20):
+    with open(a, 'rb') as fa, open(b, 'rb') as fb:
+        while True:
+            x, y = fa.read(chunk), fb.read(chunk)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def nbd_equals_file(srv, path, size, chunk=4 << 20):
+    import nbd
+    h = nbd.NBD()
+    h.connect_uri(srv.uri)
+    try:
+        if h.get_size() != size:
+            return False
+        with open(path, 'rb') as f:
+            for off in range(0, size, chunk):
+                n = min(chunk, size - off)
+                if h.pread(n, off) != f.read(n):
+                    return False
+        return True
+    finally:
+        h.shutdown()
+
+
 def section_huge(huge):
     size = chains.HUGE['size']
     tip = huge['layers'][-1]
@@ -779,6 +1097,14 @@ def report(meta):
              'one 4 MiB request at a time, io=uring vs io=pread'),
             ('d64.pread.seq', 'd64.auto.seq', 'depth 64 cached sequential, '
              'io=pread vs io=auto'),
+            ('x1.auto.seq', 'x1.qemu.seq', 'VHDX base alone, sequential '
+             'read, vhdchain io=auto vs qemu-nbd -f vhdx'),
+            ('x1.auto.rand', 'x1.qemu.rand', 'VHDX base alone, random 4K '
+             'read, vhdchain io=auto vs qemu-nbd -f vhdx'),
+            ('x8.pread.seq', 'x8.auto.seq', 'VHDX depth 8 cached '
+             'sequential, io=pread vs io=auto'),
+            ('cli.merge.vhdchain', 'cli.vhd.qemu', 'merge --into base vs '
+             'qemu-img convert -O vpc not synced (merge syncs)'),
             ('w.vhdchain.seq', 'w.file.seq', 'sequential read of blocks '
              'in the new layer vs nbdkit file'),
             ('w.vhdchain.rand', 'w.file.rand', 'random 4K read of blocks '
@@ -852,7 +1178,7 @@ def main():
 def bench(private, t0):
     """The whole run, with the plugin copied into `private` first: one
     binary throughout, whatever rebuilds the tree meanwhile."""
-    global PLUGIN
+    global PLUGIN, VHDCHAIN
     built = PLUGIN
     PLUGIN = os.path.join(private, os.path.basename(built))
     for _ in range(30):             # a rebuild may be linking it right now
@@ -863,6 +1189,17 @@ def bench(private, t0):
         time.sleep(2)
     else:
         raise RuntimeError('nbdkit cannot load %s' % built)
+    # The same for the vhdchain command (the CLI rows).
+    built_tool = VHDCHAIN
+    if os.access(built_tool, os.X_OK):
+        VHDCHAIN = os.path.join(private, 'vhdchain')
+        for _ in range(30):
+            shutil.copy2(built_tool, VHDCHAIN)
+            if run([VHDCHAIN, '--version'], check=False).returncode == 0:
+                break
+            time.sleep(2)
+        else:
+            raise RuntimeError('%s does not run' % built_tool)
     meta = {'when': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
             'machine': {'cpus': os.cpu_count(), 'kernel': platform.release(),
                         'mem_total_kib': _meminfo('MemTotal')},
@@ -871,7 +1208,10 @@ def bench(private, t0):
             'bench_dir': BENCH_DIR,
             'repeat': REPEAT, 'seq_repeat': SEQ_REPEAT,
             'rand_repeat': RAND_REPEAT, 'runtime': RUNTIME,
-            'chain_params': {'big': chains.BIG, 'huge': chains.HUGE}}
+            'cli_repeat': CLI_REPEAT, 'cli_sync_repeat': CLI_SYNC_REPEAT,
+            'chain_params': {'big': chains.BIG, 'huge': chains.HUGE,
+                             'vhdx': chains.VHDX},
+            'vhdchain_tool': built_tool}
     meta['loadavg_start'] = _loadavg()
     log('vhdchain bench: %d CPUs, repeat %d, fio runtime %d s, cache %s, '
         'load average %s' % (os.cpu_count(), REPEAT, RUNTIME, BENCH_DIR,
@@ -886,25 +1226,40 @@ def bench(private, t0):
                      '%s): other work skews the numbers; ratios are fairer '
                      'than absolute values' % meta['loadavg_start'])
 
-    big = huge = None
-    if ONLY & {'cached', 'cold', 'writes'}:
+    big = huge = vx = None
+    if ONLY & {'cached', 'cold', 'writes', 'cli'}:
         big = chains.build_big(os.path.join(BENCH_DIR, 'big'), log=log)
         meta['big_chain'] = {k: v for k, v in big.items()
                              if k not in ('layers', 'expected')}
+    if 'vhdx' in ONLY:
+        vx = chains.build_vhdx(os.path.join(BENCH_DIR, 'vhdx'), log=log)
+        meta['vhdx_chain'] = {k: v for k, v in vx.items()
+                              if k not in ('layers', 'expected')}
     if 'huge' in ONLY:
         huge = chains.build_huge(os.path.join(BENCH_DIR, 'huge'), log=log)
         meta['huge_chain'] = {k: v for k, v in huge.items()
                               if k not in ('layers', 'samples')}
     meta['build_done_seconds'] = round(time.monotonic() - t0, 1)
 
-    if 'cached' in ONLY:
-        section_cached(big)
-    if 'cold' in ONLY:
-        guarded('cold', section_cold, big)
-    if 'writes' in ONLY:
-        guarded('writes', section_writes, big)
-    if 'huge' in ONLY:
-        section_huge(huge)
+    meta['section_seconds'] = {}
+
+    def section(name, fn, arg, guard=False):
+        if name not in ONLY:
+            return
+        s0 = time.monotonic()
+        if guard:
+            guarded(name, fn, arg)
+        else:
+            fn(arg)
+        meta['section_seconds'][name] = round(time.monotonic() - s0, 1)
+        log('  (%s: %.0f s)' % (name, meta['section_seconds'][name]))
+
+    section('cached', section_cached, big)
+    section('vhdx', section_vhdx, vx)
+    section('cold', section_cold, big, guard=True)
+    section('writes', section_writes, big, guard=True)
+    section('cli', section_cli, big, guard=True)
+    section('huge', section_huge, huge)
     meta['total_seconds'] = round(time.monotonic() - t0, 1)
     meta['loadavg_end'] = _loadavg()
     report(meta)

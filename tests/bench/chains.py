@@ -15,8 +15,17 @@ build_huge(folder)   the 2040 GiB chain (the VHD maximum, "2 TiB") of 64
                      vhdgen keeps a whole virtual disk in memory, so this
                      one uses SparseVhdFile, which stores only the blocks
                      written and leaves the file assembly to vhdgen.
+build_vhdx(folder)   the 1 GiB VHDX chain of 8 files, built with
+                     tests/vhdxgen.py: a dynamic base.vhdx (32 MiB blocks,
+                     Windows' default, in file order) with every block
+                     allocated and filled with random data, then 7
+                     differencing .avhdx layers (2 MiB blocks, shuffled in
+                     the file) with the same fragmented sector-granular
+                     writes as the VHD layers.  vhdxgen.VhdxFile holds only
+                     the blocks written, so the thin layers cost little; the
+                     expected raw images of depths 1 and 8 are written.
 
-Both write a stamp file last; a folder whose stamp matches the parameters
+All write a stamp file last; a folder whose stamp matches the parameters
 (and the sha256 of vhdgen.py) is reused as it is.
 """
 
@@ -27,6 +36,7 @@ import random
 import time
 
 import vhdgen
+import vhdxgen
 from vhdgen import MiB, GiB, SECTOR
 
 STAMP = 'bench-stamp.json'
@@ -43,10 +53,17 @@ HUGE = dict(format=FORMAT, size=2040 * GiB, block_size=2 * MiB, layers=64,
 
 WIN_DIR = 'C:\\Hyper-V\\Virtual Hard Disks'
 
+VHDX = dict(format=1, size=1 * GiB, base_block_size=32 * MiB,
+            block_size=2 * MiB, layers=8, regions_per_layer=8,
+            writes_per_region=12, max_sectors=64, seed=20240612)
+VHDX_DEPTHS = (1, 8)
+
 # A cached chain is rebuilt when the generator changes, too.
 with open(vhdgen.__file__, 'rb') as _f:
     BIG['vhdgen_sha256'] = HUGE['vhdgen_sha256'] = \
         hashlib.sha256(_f.read()).hexdigest()
+with open(vhdxgen.__file__, 'rb') as _f:
+    VHDX['vhdxgen_sha256'] = hashlib.sha256(_f.read()).hexdigest()
 
 
 def layer_name(i):
@@ -302,6 +319,85 @@ def build_huge(folder, log=print):
             'samples': samples, 'block_size': bs,
             'allocated_blocks': allocated,
             'file_bytes': sum(os.path.getsize(l) for l in layers)}
+    _write_stamp(folder, p, info)
+    log('  built in %.0f s' % info['build_seconds'])
+    result.update(info)
+    return result
+
+
+# ---------------------------------------------------------------- VHDX
+
+VHDX_WIN_DIR = 'C:\\ProgramData\\Microsoft\\Windows\\Virtual Hard Disks'
+
+
+def vhdx_layer_name(i):
+    return 'base.vhdx' if i == 0 else 'snap%02d.avhdx' % i
+
+
+def build_vhdx(folder, log=print):
+    """The 1 GiB VHDX chain of 8 files; returns {'layers': [path...],
+    'expected': {depth: raw path}} (depths VHDX_DEPTHS).  Reuses the folder
+    when its stamp matches."""
+    p = VHDX
+    layers = [os.path.join(folder, vhdx_layer_name(i))
+              for i in range(p['layers'])]
+    expected = {d: os.path.join(folder, 'expected', 'depth%d.raw' % d)
+                for d in VHDX_DEPTHS}
+    result = {'layers': layers, 'expected': expected}
+    if _stamp_ok(folder, p):
+        result.update(_read_stamp(folder))
+        return result
+    log('building the 1 GiB VHDX chain of %d files in %s (once; cached)'
+        % (p['layers'], folder))
+    t0 = time.monotonic()
+    os.makedirs(os.path.join(folder, 'expected'), exist_ok=True)
+    try:
+        os.unlink(os.path.join(folder, STAMP))
+    except FileNotFoundError:
+        pass
+    rng = random.Random(p['seed'])
+    size, bs = p['size'], p['block_size']
+    nblocks = size // bs
+
+    # Base: dynamic, every block written with random data; blocks in the
+    # file in virtual order, as a disk filled front to back leaves them.
+    base = vhdxgen.VhdxFile('dynamic', size, rng=rng,
+                            block_size=p['base_block_size'],
+                            block_order='sequential')
+    image = bytearray(size)               # the expected disk, kept current
+    chunk = 64 * MiB
+    for off in range(0, size, chunk):
+        data = rng.randbytes(chunk)
+        base.write(off, data)
+        image[off:off + chunk] = data
+    base.save(layers[0])
+    parent = (base.data_write_guid, base.disk_id, base.sector,
+              base.physical_sector)
+    del base
+    _save_expected(image, expected, 1)
+
+    fragmented = set()
+    for i in range(1, p['layers']):
+        pname = vhdx_layer_name(i - 1)
+        guid, disk_id, sector, physical = parent
+        locator = [('parent_linkage', vhdxgen.linkage_text(guid)),
+                   ('absolute_win32_path', VHDX_WIN_DIR + '\\' + pname),
+                   ('relative_path', '.\\' + pname)]
+        v = vhdxgen.VhdxFile('differencing', size, rng=rng, block_size=bs,
+                             locator=locator, disk_id=disk_id,
+                             logical_sector=sector,
+                             physical_sector=physical)
+        v.apply(_region_writes(rng, p, nblocks))
+        v.save(layers[i])
+        fragmented.update(v.blocks)
+        for off, n, data in v.present_runs():
+            image[off:off + n] = data
+        parent = (v.data_write_guid, disk_id, sector, physical)
+        del v
+        _save_expected(image, expected, i + 1)
+    del image
+    info = {'build_seconds': round(time.monotonic() - t0, 1),
+            'blocks_in_layers': len(fragmented), 'blocks': nblocks}
     _write_stamp(folder, p, info)
     log('  built in %.0f s' % info['build_seconds'])
     result.update(info)

@@ -1,0 +1,48 @@
+/* libFuzzer target: VHD images (footer, dynamic header, BAT, sector
+ * bitmaps, parent name and locators) served as the plugin serves them.
+ *
+ * The input (the image container of fuzz.h) becomes
+ * <private>/vm/Snapshots/tip.avhd, the tip of a chain whose parents are
+ * the fixtures' vm/Virtual Hard Disks/base.vhd and mid.avhd (mid's parent
+ * is base), found through whatever locators the input holds, with C:
+ * mapped to <private>/vm.  Valid copies of both parents sit outside the
+ * VM folder (outside/, and vm/Snapshots/escape.avhd links there): a chain
+ * that takes one fails the confinement check of fuzz_exercise.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "fuzz.h"
+
+static struct drive_map drive;
+static char *tip, *tmpdir;
+
+int
+LLVMFuzzerInitialize (int *argc, char ***argv)
+{
+  fuzz_setup ("vhd");
+  fuzz_allow ("vm");
+  drive.letter = 'C';
+  drive.path = realpath (fuzz_path (0, "vm"), NULL);
+  tip = realpath (fuzz_path (0, "vm/Snapshots"), NULL);
+  tmpdir = realpath (fuzz_path (0, "tmp"), NULL);
+  if (!drive.path || !tip || !tmpdir || !(tip = realloc (tip, strlen (tip)
+                                                          + 16)))
+    fuzz_fail ("fixture folders missing");
+  strcat (tip, "/tip.avhd");
+  return 0;
+}
+
+int
+LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
+{
+  unsigned flags = fuzz_write_image (tip, data, size);
+  struct chain_opts o = {
+    .layer.ignore_checksums = flags & FUZZ_F_IGNORE_CHECKSUMS,
+    .ignore_id_mismatch = flags & FUZZ_F_IGNORE_ID,
+    .drives = &drive, .nr_drives = 1,
+  };
+
+  fuzz_serve (tip, &o, flags, tmpdir);
+  return 0;
+}
