@@ -408,6 +408,33 @@ is_known (const uint8_t *g)
          memcmp (g, vhdx_guid_physical_sector_size, 16) == 0;
 }
 
+/* Region guid in the two region table copies rt (2 x 64 KiB): the first
+ * copy with a valid CRC that has it, else the first with the signature. */
+static void
+region_in (const uint8_t *rt, const uint8_t *guid, uint64_t *off,
+           uint32_t *len)
+{
+  for (int pass = 0; pass < 2 && !*len; pass++)
+    for (int k = 0; k < 2 && !*len; k++) {
+      const uint8_t *b = rt + k * VHDX_RT_SIZE;
+      struct vhdx_rt_header rh;
+
+      vhdx_rt_header_decode (b, &rh);
+      if (!rh.signature_ok || rh.entry_count > VHDX_RT_MAX_ENTRIES ||
+          (pass == 0 && !vhdx_checksum_ok (b, VHDX_RT_SIZE)))
+        continue;
+      for (uint32_t i = 0; i < rh.entry_count; i++) {
+        struct vhdx_region g;
+        vhdx_region_decode (b + VHDX_RT_HEADER_SIZE + i * VHDX_RT_ENTRY_SIZE,
+                            &g);
+        if (memcmp (g.guid, guid, 16) == 0) {
+          *off = g.offset;
+          *len = g.length;
+        }
+      }
+    }
+}
+
 /* The parent's metadata items a child must copy (MS-VHDX 2.6.1.2): every
  * IsVirtualDisk item, and the four system ones whatever their flags.  Read
  * through the parent's log, replayed in memory as the reader did. */
@@ -417,7 +444,6 @@ parent_items (const struct layer *l, struct items *its)
   uint8_t hb[2][VHDX_HEADER_SIZE], *rt = NULL, *t = NULL;
   struct vhdx_header h[2];
   struct vhdx_overlay ov = { 0 };
-  struct vhdx_rt_header rh;
   struct vhdx_md_header mh = { 0 };
   uint64_t md_off = 0;
   uint32_t md_len = 0;
@@ -437,23 +463,8 @@ parent_items (const struct layer *l, struct items *its)
   if (r == 0)
     r = vhdx_read (l, &ov, rt, 2 * VHDX_RT_SIZE, VHDX_RT1_OFF,
                    "region table");
-  for (int pass = 0; r == 0 && pass < 2 && !md_len; pass++)
-    for (int k = 0; k < 2 && !md_len; k++) {
-      const uint8_t *b = rt + k * VHDX_RT_SIZE;
-      vhdx_rt_header_decode (b, &rh);
-      if (!rh.signature_ok || rh.entry_count > VHDX_RT_MAX_ENTRIES ||
-          (pass == 0 && !vhdx_checksum_ok (b, VHDX_RT_SIZE)))
-        continue;
-      for (uint32_t i = 0; i < rh.entry_count; i++) {
-        struct vhdx_region g;
-        vhdx_region_decode (b + VHDX_RT_HEADER_SIZE + i * VHDX_RT_ENTRY_SIZE,
-                            &g);
-        if (memcmp (g.guid, vhdx_guid_metadata, 16) == 0) {
-          md_off = g.offset;
-          md_len = g.length;
-        }
-      }
-    }
+  if (r == 0)
+    region_in (rt, vhdx_guid_metadata, &md_off, &md_len);
   if (r == 0 && !md_len)
     r = vc_error (EINVAL, "%s: region table: no metadata region", l->path);
   if (r == 0)
@@ -734,24 +745,8 @@ find_region (int fd, const char *path, const uint8_t *guid, const char *name,
 
   *off = 0;
   *len = 0;
-  for (int pass = 0; r == 0 && pass < 2 && !*off; pass++)
-    for (int k = 0; k < 2 && !*off; k++) {
-      const uint8_t *b = rt + k * VHDX_RT_SIZE;
-      struct vhdx_rt_header rh;
-      vhdx_rt_header_decode (b, &rh);
-      if (!rh.signature_ok || rh.entry_count > VHDX_RT_MAX_ENTRIES ||
-          (pass == 0 && !vhdx_checksum_ok (b, VHDX_RT_SIZE)))
-        continue;
-      for (uint32_t i = 0; i < rh.entry_count; i++) {
-        struct vhdx_region g;
-        vhdx_region_decode (b + VHDX_RT_HEADER_SIZE + i * VHDX_RT_ENTRY_SIZE,
-                            &g);
-        if (memcmp (g.guid, guid, 16) == 0) {
-          *off = g.offset;
-          *len = g.length;
-        }
-      }
-    }
+  if (r == 0)
+    region_in (rt, guid, off, len);
   free (rt);
   if (r == 0 && !*off)
     return vc_error (EINVAL, "%s: region table: no %s region", path, name);
