@@ -71,6 +71,8 @@ normalise (struct ranges *rs)
 {
   size_t o = 0;
 
+  if (rs->n == 0)               /* rs->r may be NULL: qsort wants an array */
+    return;
   qsort (rs->r, rs->n, sizeof *rs->r, cmp_range);
   for (size_t i = 0; i < rs->n; i++) {
     struct range *last = o ? &rs->r[o - 1] : NULL;

@@ -337,9 +337,15 @@ main (int argc, char **argv)
     return EXIT_USAGE;
   }
   status = parse (&cli, cmd, argc - 1, argv + 1);
-  if (status != EXIT_OK)
-    return status < 0 ? EXIT_OK : status;
-  if (cli.verbose)
-    vc_debug_hook = debug_to_stderr;
-  return cmd->run (&cli);
+  if (status == EXIT_OK) {
+    if (cli.verbose)
+      vc_debug_hook = debug_to_stderr;
+    status = cmd->run (&cli);
+  }
+  else if (status < 0)
+    status = EXIT_OK;
+  free (cli.chain.search);
+  free (cli.chain.parents);
+  free (cli.chain.drives);
+  return status;
 }

@@ -29,6 +29,20 @@ PLUGIN = os.environ.get('PLUGIN') or os.path.join(
 SAMPLES = os.environ.get('SAMPLES') or os.path.join(
     TOP_SRCDIR, '..', 'shared', 'samples')
 
+# contrib/run-tests-asan.sh: the folder of its nbdkit wrapper, which every
+# PATH a test builds must put ahead of /usr/bin, and the sanitizer in use.
+TEST_BIN = os.environ.get('VHDCHAIN_TEST_BIN', '')
+SANITIZED = os.environ.get('VHDCHAIN_SANITIZED', '')
+
+
+def system_path(*dirs):
+    """PATH with dirs (default /usr/bin) ahead of the caller's, behind
+    TEST_BIN."""
+    return ':'.join([d for d in (TEST_BIN,) if d] +
+                    list(dirs or ('/usr/bin',)) +
+                    [os.environ.get('PATH', '')])
+
+
 START_TIMEOUT = 30        # seconds for nbdkit to come up or give up
 ERROR_LINE = re.compile(r'\berror:', re.IGNORECASE)
 

@@ -64,7 +64,8 @@ def unescape_path(instance):
 
 def exec_start(instance):
     """The service's ExecStart= for an instance, specifiers expanded; the
-    plugin name "vhdchain" mapped to the build tree's plugin."""
+    plugin name "vhdchain" mapped to the build tree's plugin, and nbdkit to
+    the ASan pass's wrapper in that pass."""
     line = unit(SERVICE_UNIT)['Service']['ExecStart']
     spec = {'%f': unescape_path(instance), '%i': instance,
             '%I': unescape_path(instance).lstrip('/'), '%%': '%'}
@@ -73,6 +74,8 @@ def exec_start(instance):
         for k, v in spec.items():
             word = word.replace(k, v)
         argv.append(harness.PLUGIN if word == 'vhdchain' else word)
+    if harness.TEST_BIN and argv[0] == '/usr/bin/nbdkit':
+        argv[0] = os.path.join(harness.TEST_BIN, 'nbdkit')
     return argv
 
 

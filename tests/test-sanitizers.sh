@@ -1,7 +1,8 @@
 #!/bin/bash
-# core/ under ASan+UBSan (issue 8: "CI runs ... under ASan+UBSan"): the C
-# unit tests (crc32c, the VHDX reader, the Hyper-V configuration readers)
-# built with clang -fsanitize=address,undefined by tests/fuzz/build.sh,
+# core/ under clang's ASan+UBSan (contrib/run-tests-asan.sh runs the whole
+# suite on a gcc ASan+UBSan build besides): the C unit tests (crc32c, the
+# VHDX reader, the Hyper-V configuration readers) built with clang
+# -fsanitize=address,undefined by tests/fuzz/build.sh,
 # then every seed and kept regression input through the fuzz targets once
 # (the whole chain path: open, parents, map, reads, a writable layer).
 # UBSan errors are fatal; LeakSanitizer runs at exit.  See also

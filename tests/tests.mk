@@ -244,3 +244,11 @@ soak: all
 clean-fuzz:
 	rm -rf tests/fuzz/build
 .PHONY: fuzz soak clean-fuzz
+
+# make check-asan: the whole suite again on an ASan+UBSan build of the
+# plugin, the tool and the unit tests, in tests/asan (CI runs it after
+# make check; see contrib/run-tests-asan.sh).
+check-asan:
+	$(abs_top_srcdir)/contrib/run-tests-asan.sh
+.PHONY: check-asan
+EXTRA_DIST += contrib/run-tests-asan.sh tests/asan-preload.c

@@ -16,7 +16,7 @@ VHDCHAIN = os.path.join(harness.TOP_BUILDDIR, 'contrib', 'vhdchain')
 
 # The system tools (qemu-img, nbdkit, nbdinfo, vhdimount, podchecker) come
 # first, whatever the caller's PATH holds.
-os.environ['PATH'] = '/usr/bin:' + os.environ.get('PATH', '')
+os.environ['PATH'] = harness.system_path()
 
 
 def require_tool():

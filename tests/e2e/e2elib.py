@@ -39,7 +39,7 @@ def require_root(why):
 def tool_env():
     """The environment for the tools: sbin folders on PATH."""
     env = dict(os.environ)
-    env['PATH'] = '/usr/sbin:/sbin:/usr/bin:/bin:' + env.get('PATH', '')
+    env['PATH'] = harness.system_path('/usr/sbin', '/sbin', '/usr/bin', '/bin')
     return env
 
 
