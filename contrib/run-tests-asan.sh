@@ -54,8 +54,8 @@ chmod +x "$bin/nbdkit"
 
 # allocator_may_return_null: a failed allocation is NULL, as in the normal
 # build, where the code is expected to cope (test-hostile.py bounds memory
-# with malloc_limit_mb instead of prlimit, which ASan's shadow cannot live
-# with).
+# with max_allocation_size_mb and hard_rss_limit_mb instead of prlimit,
+# which ASan's shadow cannot live with).
 export VHDCHAIN_TEST_BIN=$bin VHDCHAIN_SANITIZED=asan PATH=$bin:$PATH
 export ASAN_OPTIONS="log_path=$reports/asan:detect_leaks=1:allocator_may_return_null=1:detect_stack_use_after_return=1"
 # UBSan writes to stderr whatever log_path says when it shares gcc's ASan
@@ -71,9 +71,11 @@ tests=$(printf '%s\n' $tests | grep -vE '^tests/(test-fuzz\.sh|test-sanitizers\.
 make -C "$tree" -j"$(nproc)" check TESTS="$(echo $tests)" "$@"
 
 log=$tree/test-suite.log
-count () { sed -n "s/^# $1: *\([0-9]*\)$/\1/p" "$log" | head -n1; }
+count () { n=$(sed -n "s/^# $1: *\([0-9]*\)$/\1/p" "$log" 2>/dev/null | head -n1)
+           echo "${n:-0}"; }
 pass=$(count PASS); skip=$(count SKIP)
 failed=$(( $(count FAIL) + $(count ERROR) + $(count XPASS) ))
+[ -f "$log" ] || failed=$((failed + 1))     # make check did not get to run
 for f in $(sed -n 's/^\(FAIL\|ERROR\): \(.*\)$/\2/p' "$log" 2>/dev/null); do
     echo "==== asan: $f.log (tail)"; tail -n 30 "$tree/$f.log"
 done
