@@ -16,6 +16,9 @@ test=(libnbd-bin python3 python3-libnbd qemu-utils libvhdi-utils fio
 # watches what nbdkit opens (test-hostile.py); nbdfuse (in libnbd-bin),
 # fuse3 and e2fsprogs make the failing disk of test-io-errors.py.
 test+=(clang-14 libclang-rt-14-dev libtsan2 strace)
+# make check-asan (contrib/run-tests-asan.sh): gcc's ASan and UBSan
+# runtimes, and git to copy the tracked sources to its build tree.
+test+=(libasan8 libubsan1 git)
 need=()
 for p in "${build[@]}" "${run[@]}" "${test[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||
