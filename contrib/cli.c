@@ -19,6 +19,7 @@
 
 #include "cli.h"
 #include "guid.h"
+#include "io.h"
 
 void
 cli_error (const char *fmt, ...)
@@ -285,6 +286,40 @@ progress_end (struct progress *p)
   progress_draw (p);
   fputc ('\n', stderr);
   p->on = false;
+}
+
+bool
+cli_all_zero (const void *p, size_t n)
+{
+  const char *c = p;
+
+  return n == 0 || (c[0] == 0 && memcmp (c, c + 1, n - 1) == 0);
+}
+
+#define PIECE 4096
+
+int
+cli_pwrite_sparse (int fd, const void *buf, size_t len, uint64_t off)
+{
+  const char *p = buf;
+  size_t i = 0, j;
+  int r = 0;
+
+  while (i < len && r == 0) {
+    if (cli_all_zero (p + i, len - i < PIECE ? len - i : PIECE)) {
+      i += PIECE;
+      continue;
+    }
+    for (j = i + PIECE; j < len &&
+           !cli_all_zero (p + j, len - j < PIECE ? len - j : PIECE);
+         j += PIECE)
+      ;
+    if (j > len)
+      j = len;
+    r = io_pwrite_full (fd, p + i, j - i, off + i);
+    i = j;
+  }
+  return r;
 }
 
 void

@@ -124,4 +124,9 @@ void progress_end (struct progress *);
 /* Sync the folder holding path (after creating or removing a file in it). */
 void cli_sync_dir (const char *path);
 
+/* Sparse output: whether n bytes are all zero, and a write of only the
+ * non-zero 4 KiB pieces of buf, merged into runs (0 or -errno). */
+bool cli_all_zero (const void *p, size_t n);
+int cli_pwrite_sparse (int fd, const void *buf, size_t len, uint64_t off);
+
 #endif

@@ -34,7 +34,6 @@
 #include "io.h"
 
 #define CHUNK DVHD_BLOCK_SIZE
-#define PIECE 4096
 #define RING  4                 /* chunks the reader may be ahead */
 #define END   UINT64_MAX
 
@@ -106,35 +105,14 @@ data_bytes (struct convert *cv, uint64_t off, uint64_t len, uint64_t *n)
   return r;
 }
 
-static bool
-all_zero (const char *p, size_t n)
-{
-  return n == 0 || (p[0] == 0 && memcmp (p, p + 1, n - 1) == 0);
-}
-
-/* Raw: write the non-zero 4 KiB pieces of buf, merged into runs. */
+/* Raw: the file was sized with ftruncate, so zeros need no write. */
 static int
 write_raw (struct convert *cv, const char *buf, uint64_t off, size_t len)
 {
-  size_t i = 0, j;
-  int r = 0;
+  int r = cli_pwrite_sparse (cv->fd, buf, len, off);
 
-  while (i < len && r == 0) {
-    if (all_zero (buf + i, len - i < PIECE ? len - i : PIECE)) {
-      i += PIECE;
-      continue;
-    }
-    for (j = i + PIECE; j < len &&
-           !all_zero (buf + j, len - j < PIECE ? len - j : PIECE);
-         j += PIECE)
-      ;
-    if (j > len)
-      j = len;
-    r = io_pwrite_full (cv->fd, buf + i, j - i, off + i);
-    i = j;
-  }
   if (r < 0)
-    cli_error ("%s: writing at %" PRIu64 ": %s", cv->out, off + i,
+    cli_error ("%s: writing at %" PRIu64 ": %s", cv->out, off,
                strerror (-r));
   return r;
 }
@@ -217,7 +195,7 @@ write_slot (struct convert *cv, struct slot *sl)
     return dvhdx_write (cv->vhdx, sl->b * CHUNK, sl->buf, sl->len);
   if (!cv->vhd)
     return write_raw (cv, sl->buf, sl->b * CHUNK, sl->len);
-  if (all_zero (sl->buf, CHUNK))
+  if (cli_all_zero (sl->buf, CHUNK))
     return 0;                   /* an unallocated block reads zeros */
   return dvhd_write_block (cv->vhd, sl->b, sl->buf);
 }

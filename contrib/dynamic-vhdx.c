@@ -21,7 +21,6 @@
  */
 #include <errno.h>
 #include <inttypes.h>
-#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -35,7 +34,6 @@
 #define MD_OFF      (2 * (uint64_t) VHDX_MiB)
 #define MD_LEN      VHDX_MiB
 #define BAT_OFF     (3 * (uint64_t) VHDX_MiB)
-#define PIECE       4096
 #define PHYSICAL    4096
 #define ALIGN(x, a) (((x) + (a) - 1) / (a) * (a))
 
@@ -94,47 +92,27 @@ dvhdx_create (int fd, const char *path, uint64_t size, uint32_t sector,
   return 0;
 }
 
-static bool
-all_zero (const uint8_t *p, size_t n)
-{
-  return n == 0 || (p[0] == 0 && memcmp (p, p + 1, n - 1) == 0);
-}
-
 int
 dvhdx_write (struct dvhdx *d, uint64_t off, const void *data, size_t len)
 {
   const uint8_t *p = data;
   uint64_t b = off / d->block_size, idx = b + b / d->chunk_ratio;
-  uint64_t base, in = off % d->block_size;
-  size_t i = 0, j;
-  int r = 0;
+  uint64_t in = off % d->block_size;
+  int r;
 
   if (off < d->written || off + len > d->size ||
       in + len > d->block_size)
     return fail (d, EINVAL, "writing out of order or across blocks");
   d->written = off + len;
-  if (all_zero (p, len))
+  if (cli_all_zero (p, len))
     return 0;                   /* NOT_PRESENT, or space reading zeros */
   if (b != d->last) {           /* its first data: append the block */
     d->bat[idx] = (d->next / VHDX_MiB) << 20 | VHDX_PAYLOAD_FULLY_PRESENT;
     d->next += d->block_size;
     d->last = b;
   }
-  base = (d->bat[idx] >> 20) * VHDX_MiB + in;
-  /* The non-zero 4 KiB pieces, merged into runs. */
-  while (i < len && r == 0) {
-    if (all_zero (p + i, len - i < PIECE ? len - i : PIECE)) {
-      i += PIECE;
-      continue;
-    }
-    for (j = i + PIECE; j < len &&
-           !all_zero (p + j, len - j < PIECE ? len - j : PIECE); j += PIECE)
-      ;
-    if (j > len)
-      j = len;
-    r = io_pwrite_full (d->fd, p + i, j - i, base + i);
-    i = j;
-  }
+  r = cli_pwrite_sparse (d->fd, p, len,
+                         (d->bat[idx] >> 20) * VHDX_MiB + in);
   return r < 0 ? fail (d, -r, "writing a block") : 0;
 }
 
