@@ -420,3 +420,37 @@ fuzz_serve (const char *tip, const struct chain_opts *o, unsigned flags,
   fuzz_exercise (c, flags, tmpdir, o->drives, o->nr_drives);
   chain_close (c);
 }
+
+/* The image targets: one fixture layout for VHD and VHDX (fuzz.h). */
+static struct drive_map image_drive;
+static char *image_tip, *image_tmp;
+
+void
+fuzz_image_setup (const char *fixture, const char *tip_name)
+{
+  char *snapshots;
+
+  fuzz_setup (fixture);
+  fuzz_allow ("vm");
+  image_drive.letter = 'C';
+  image_drive.path = realpath (fuzz_path (0, "vm"), NULL);
+  snapshots = realpath (fuzz_path (0, "vm/Snapshots"), NULL);
+  image_tmp = realpath (fuzz_path (0, "tmp"), NULL);
+  if (!image_drive.path || !snapshots || !image_tmp ||
+      asprintf (&image_tip, "%s/%s", snapshots, tip_name) < 0)
+    fuzz_fail ("fixture folders missing");
+  free (snapshots);
+}
+
+void
+fuzz_image_one (const uint8_t *data, size_t size)
+{
+  unsigned flags = fuzz_write_image (image_tip, data, size);
+  struct chain_opts o = {
+    .layer.ignore_checksums = flags & FUZZ_F_IGNORE_CHECKSUMS,
+    .ignore_id_mismatch = flags & FUZZ_F_IGNORE_ID,
+    .drives = &image_drive, .nr_drives = 1,
+  };
+
+  fuzz_serve (image_tip, &o, flags, image_tmp);
+}

@@ -9,40 +9,18 @@
  * VM folder (outside/, and vm/Snapshots/escape.avhd links there): a chain
  * that takes one fails the confinement check of fuzz_exercise.
  */
-#include <stdlib.h>
-#include <string.h>
-
 #include "fuzz.h"
-
-static struct drive_map drive;
-static char *tip, *tmpdir;
 
 int
 LLVMFuzzerInitialize (int *argc, char ***argv)
 {
-  fuzz_setup ("vhd");
-  fuzz_allow ("vm");
-  drive.letter = 'C';
-  drive.path = realpath (fuzz_path (0, "vm"), NULL);
-  tip = realpath (fuzz_path (0, "vm/Snapshots"), NULL);
-  tmpdir = realpath (fuzz_path (0, "tmp"), NULL);
-  if (!drive.path || !tip || !tmpdir || !(tip = realloc (tip, strlen (tip)
-                                                          + 16)))
-    fuzz_fail ("fixture folders missing");
-  strcat (tip, "/tip.avhd");
+  fuzz_image_setup ("vhd", "tip.avhd");
   return 0;
 }
 
 int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
-  unsigned flags = fuzz_write_image (tip, data, size);
-  struct chain_opts o = {
-    .layer.ignore_checksums = flags & FUZZ_F_IGNORE_CHECKSUMS,
-    .ignore_id_mismatch = flags & FUZZ_F_IGNORE_ID,
-    .drives = &drive, .nr_drives = 1,
-  };
-
-  fuzz_serve (tip, &o, flags, tmpdir);
+  fuzz_image_one (data, size);
   return 0;
 }

@@ -68,6 +68,11 @@ void fuzz_write_file (const char *path, const uint8_t *data, size_t size);
  * tmpdir: where a writable layer goes (FUZZ_F_WRITABLE). */
 void fuzz_serve (const char *tip, const struct chain_opts *o, unsigned flags,
                  const char *tmpdir);
+/* fuzz-vhd and fuzz-vhdx: the fixture (vm/, outside/, tmp/) set up, the
+ * input written as vm/Snapshots/<tip_name> and served with C: mapped to
+ * vm/. */
+void fuzz_image_setup (const char *fixture, const char *tip_name);
+void fuzz_image_one (const uint8_t *data, size_t size);
 /* The checks and reads on an opened chain (used by fuzz_serve and the
  * configuration targets). */
 void fuzz_exercise (struct chain *c, unsigned flags, const char *tmpdir,
