@@ -398,6 +398,11 @@ class Reporter:
         return self.check(got == want, what,
                           'got:  %r\nwant: %r' % (got, want))
 
+    def same(self, got, want, what):
+        """equal() for bytes too long to print: says where they part."""
+        return self.check(got == want, what, 'first difference at %r'
+                          % first_difference(got, want))
+
     def run(self, fn, *args, what=None):
         """Call fn; an exception is reported as one failure."""
         try:

@@ -52,17 +52,12 @@ def build(folder):
     return c.write()
 
 
-def same(got, want, what):
-    return r.check(got == want, what, 'first difference at %r'
-                   % harness.first_difference(got, want))
-
-
 def to_raw(tip, want, tmp):
     out = os.path.join(tmp, 'out.raw')
     rc, stdout, err = cli.run('convert', tip, out)
     r.equal((rc, err), (0, ''), 'raw: exit 0, nothing on stderr when it is '
             'not a terminal')
-    same(open(out, 'rb').read(), want, 'raw: the expected image')
+    r.same(open(out, 'rb').read(), want, 'raw: the expected image')
     r.check(os.stat(out).st_blocks * 512 <= 9 * MiB,
             'raw: sparse (holes where nothing or zeros are)',
             os.stat(out).st_blocks * 512)
@@ -87,12 +82,13 @@ def to_vhd(tip, want, tmp):
             'vhd: exactly the blocks holding non-zero data are allocated')
     q = harness.qemu_raw(out, os.path.join(tmp, 'q.raw'),
                          size_calc='current_size')
-    same(open(q, 'rb').read(), want, 'vhd: qemu-img reads the expected image')
+    r.same(open(q, 'rb').read(), want,
+           'vhd: qemu-img reads the expected image')
     q = harness.qemu_raw(out, os.path.join(tmp, 'q2.raw'))
     chs = g.chs_size(g.chs_geometry(len(want)))
-    same(open(q, 'rb').read(), want[:chs], 'vhd: qemu-img by default reads '
-         'the CHS-sized prefix (creator "vhdc")')
-    same(cli.read_export(out, tmp), want, 'vhd: the plugin reads it')
+    r.same(open(q, 'rb').read(), want[:chs], 'vhd: qemu-img by default reads '
+           'the CHS-sized prefix (creator "vhdc")')
+    r.same(cli.read_export(out, tmp), want, 'vhd: the plugin reads it')
 
 
 def to_vhdx(tip, want, tmp):
@@ -120,10 +116,10 @@ def to_vhdx(tip, want, tmp):
                 {vhdxgen.NOT_PRESENT, vhdxgen.FULLY_PRESENT},
                 '%s: NOT_PRESENT or FULLY_PRESENT blocks only' % what)
         q = harness.qemu_raw(out, os.path.join(tmp, 'qx.raw'), fmt='vhdx')
-        same(open(q, 'rb').read(), want, '%s: qemu-img reads the expected '
-             'image' % what)
-        same(cli.read_export(out, tmp), want, '%s: the plugin reads it'
-             % what)
+        r.same(open(q, 'rb').read(), want, '%s: qemu-img reads the expected '
+               'image' % what)
+        r.same(cli.read_export(out, tmp), want, '%s: the plugin reads it'
+               % what)
 
 
 def progress(tip, tmp):
@@ -176,8 +172,8 @@ def body():
 
         cli.fails(r, ['convert', tip, raw], 1, 'exists', 'existing OUT')
         cli.ok('convert', '--force', points[0].path, raw)
-        same(open(raw, 'rb').read(), points[0].expected(),
-             '--force overwrites OUT')
+        r.same(open(raw, 'rb').read(), points[0].expected(),
+               '--force overwrites OUT')
         cli.fails(r, ['convert', '--force', tip, points[0].path], 1,
                   'file of the chain', 'OUT is a chain file')
         cli.fails(r, ['convert', '--format', 'qcow2', tip,

@@ -50,21 +50,6 @@ def build(folder, seed, aligned=False, fixed=False, layers=3, count=30):
     return c.write()
 
 
-def read(path, tmp):
-    return cli.read_export(path, tmp)
-
-
-def same(got, want, what):
-    return r.check(got == want, what, 'first difference at %r'
-                   % harness.first_difference(got, want))
-
-
-def check_ok(path, what):
-    rc, out, err = cli.run('check', path)
-    r.check(rc == 0 and ' 0 errors' in out, '%s: check passes' % what,
-            out + err)
-
-
 def merge_chain(tmp):
     p = build(os.path.join(tmp, 'a'), 61)
     files = [x.path for x in p]
@@ -74,41 +59,42 @@ def merge_chain(tmp):
             out)
     r.equal(harness.changed_files(before), [p[2].path],
             'only the parent changed')
-    same(read(p[2].path, tmp), p[3].expected(),
-         'merged parent reads as the child did')
-    same(read(p[3].path, tmp), p[3].expected(), 'the child still reads so')
-    check_ok(p[3].path, 'merged chain')
+    r.same(cli.read_export(p[2].path, tmp), p[3].expected(),
+           'merged parent reads as the child did')
+    r.same(cli.read_export(p[3].path, tmp), p[3].expected(),
+           'the child still reads so')
+    cli.check_passes(r, p[3].path, 'merged chain')
     r.equal(harness.vhd_structure_problems(p[2].path, parent=p[1].path), [],
             'merged parent is sound (vhdgen tables)')
 
     out = cli.ok('merge', '--delete', '--into', p[0].path, p[2].path)
     r.check(not os.path.exists(p[2].path) and not os.path.exists(p[1].path),
             '--delete removed the merged layers', out)
-    same(read(p[0].path, tmp), p[3].expected(),
-         'base after --into reads as the tip did')
-    check_ok(p[0].path, 'base after --into')
-    same(open(harness.qemu_raw(p[0].path, os.path.join(tmp, 'q.raw'),
-                               size_calc='current_size'), 'rb').read(),
-         p[3].expected(), 'qemu-img reads the merged dynamic base')
+    r.same(cli.read_export(p[0].path, tmp), p[3].expected(),
+           'base after --into reads as the tip did')
+    cli.check_passes(r, p[0].path, 'base after --into')
+    r.same(open(harness.qemu_raw(p[0].path, os.path.join(tmp, 'q.raw'),
+                                 size_calc='current_size'), 'rb').read(),
+           p[3].expected(), 'qemu-img reads the merged dynamic base')
 
 
 def merge_for_libvhdi(tmp):
     p = build(os.path.join(tmp, 'b'), 62, aligned=True)
     cli.ok('merge', p[3].path)
     with harness.vhdimount(p[2].path, os.path.join(tmp, 'mnt')) as files:
-        same(open(files[-1], 'rb').read(), p[3].expected(),
-             'vhdimount reads the merged differencing parent')
+        r.same(open(files[-1], 'rb').read(), p[3].expected(),
+               'vhdimount reads the merged differencing parent')
     cli.ok('merge', '--into=' + p[0].path, p[2].path)
     with harness.vhdimount(p[0].path, os.path.join(tmp, 'mnt')) as files:
-        same(open(files[-1], 'rb').read(), p[3].expected(),
-             'vhdimount reads the merged dynamic base')
+        r.same(open(files[-1], 'rb').read(), p[3].expected(),
+               'vhdimount reads the merged dynamic base')
 
     p = build(os.path.join(tmp, 'c'), 63, aligned=True, fixed=True, layers=1)
     cli.ok('merge', p[1].path)
-    same(open(harness.qemu_raw(p[0].path, os.path.join(tmp, 'f.raw'),
-                               size_calc='current_size'), 'rb').read(),
-         p[1].expected(), 'qemu-img reads the merged fixed base')
-    check_ok(p[0].path, 'merged fixed base')
+    r.same(open(harness.qemu_raw(p[0].path, os.path.join(tmp, 'f.raw'),
+                                 size_calc='current_size'), 'rb').read(),
+           p[1].expected(), 'qemu-img reads the merged fixed base')
+    cli.check_passes(r, p[0].path, 'merged fixed base')
 
 
 def mixed_block_sizes(tmp):
@@ -126,14 +112,14 @@ def mixed_block_sizes(tmp):
     p = c.write()
     shutil.copytree(os.path.join(tmp, 'f'), os.path.join(tmp, 'f2'))
     cli.ok('merge', p[2].path)
-    same(read(p[1].path, tmp), p[2].expected(),
-         '512 KiB blocks into 2 MiB blocks')
-    check_ok(p[2].path, 'mixed block sizes, merged once')
+    r.same(cli.read_export(p[1].path, tmp), p[2].expected(),
+           '512 KiB blocks into 2 MiB blocks')
+    cli.check_passes(r, p[2].path, 'mixed block sizes, merged once')
     base2 = os.path.join(tmp, 'f2', 'base.vhd')
     cli.ok('merge', '--into', base2, os.path.join(tmp, 'f2', 'snap2.avhd'))
-    same(read(base2, tmp), p[2].expected(),
-         '512 KiB and 2 MiB blocks into 1 MiB blocks')
-    check_ok(base2, 'mixed block sizes, merged --into the base')
+    r.same(cli.read_export(base2, tmp), p[2].expected(),
+           '512 KiB and 2 MiB blocks into 1 MiB blocks')
+    cli.check_passes(r, base2, 'mixed block sizes, merged --into the base')
 
 
 def refusals(tmp):
@@ -152,7 +138,8 @@ def refusals(tmp):
               'CHILD itself', '--into the child itself')
     r.equal(harness.changed_files(before), [], 'refused merges wrote nothing')
     cli.ok('merge', '--force', '-q', p[2].path)
-    same(read(p[1].path, tmp), p[2].expected(), '--force merges anyway')
+    r.same(cli.read_export(p[1].path, tmp), p[2].expected(),
+           '--force merges anyway')
 
 
 def crash_case(tmp, src, into, want_old, want_new, child, label):
@@ -178,18 +165,18 @@ def crash_case(tmp, src, into, want_old, want_new, child, label):
         rc2, out2, err2 = cli.run('check', parent)
         r.check(rc2 == 0, '%s: step %d: the parent passes check'
                 % (label, n), out2 + err2)
-        got = read(parent, tmp)
+        got = cli.read_export(parent, tmp)
         bad = [s for s in range(0, len(got), 512)
                if got[s:s + 512] not in (want_old[s:s + 512],
                                          want_new[s:s + 512])]
         r.check(not bad, '%s: step %d: each sector old or new' % (label, n),
                 bad[:5])
-        same(read(os.path.join(work, child), tmp), want_new,
-             '%s: step %d: the child still reads as before' % (label, n))
+        r.same(cli.read_export(os.path.join(work, child), tmp), want_new,
+               '%s: step %d: the child still reads as before' % (label, n))
         del env['VHDCHAIN_TEST_CRASH_AFTER']
         cli.ok(*args, env=env)
-        same(read(parent, tmp), want_new,
-             '%s: step %d: merging again completes it' % (label, n))
+        r.same(cli.read_export(parent, tmp), want_new,
+               '%s: step %d: merging again completes it' % (label, n))
 
 
 def crashes(tmp):

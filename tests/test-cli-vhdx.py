@@ -80,21 +80,6 @@ def build(folder, seed, sector=512, aligned=False, zeros=True, layers=3,
     return c.write()
 
 
-def read(path, tmp):
-    return cli.read_export(path, tmp)
-
-
-def same(got, want, what):
-    return r.check(got == want, what, 'first difference at %r'
-                   % harness.first_difference(got, want))
-
-
-def check_ok(path, what):
-    rc, out, err = cli.run('check', path)
-    r.check(rc == 0 and ' 0 errors' in out, '%s: check passes' % what,
-            out + err)
-
-
 def header(path):
     return g.current_header(path)[1]
 
@@ -147,16 +132,16 @@ def merge_chain(tmp, sector):
             % label)
     r.equal(linked_by(p[2].path, p[1].path), ['parent_linkage2'],
             '%s: the child names the new one in parent_linkage2' % label)
-    same(read(p[1].path, tmp), p[2].expected(),
-         '%s: merged parent reads as the child did' % label)
-    same(read(p[3].path, tmp), p[3].expected(),
-         '%s: the tip still reads so' % label)
-    check_ok(p[3].path, '%s: merged chain' % label)
+    r.same(cli.read_export(p[1].path, tmp), p[2].expected(),
+           '%s: merged parent reads as the child did' % label)
+    r.same(cli.read_export(p[3].path, tmp), p[3].expected(),
+           '%s: the tip still reads so' % label)
+    cli.check_passes(r, p[3].path, '%s: merged chain' % label)
     r.equal(g.structure_problems(p[1].path, parent=p[0].path), [],
             '%s: merged differencing parent is sound (vhdxgen)' % label)
     img = g.read_disk([p[1].path, p[0].path])
-    same(img.read(0, img.size), p[2].expected(),
-         '%s: vhdxgen reads the merged parent' % label)
+    r.same(img.read(0, img.size), p[2].expected(),
+           '%s: vhdxgen reads the merged parent' % label)
     st = g.read_file(p[1].path).blocks[5][0]
     r.equal(st, g.FULLY_PRESENT, '%s: the ZERO block written into became '
             'FULLY_PRESENT' % label)
@@ -165,20 +150,20 @@ def merge_chain(tmp, sector):
     r.check(not any(os.path.exists(x.path) for x in p[1:]),
             '%s: --delete removed the merged layers' % label, out)
     want = p[3].expected()
-    same(read(p[0].path, tmp), want,
-         '%s: base after --into reads as the tip did' % label)
-    check_ok(p[0].path, '%s: base after --into' % label)
+    r.same(cli.read_export(p[0].path, tmp), want,
+           '%s: base after --into reads as the tip did' % label)
+    cli.check_passes(r, p[0].path, '%s: base after --into' % label)
     r.equal(g.structure_problems(p[0].path), [],
             '%s: merged base is sound (vhdxgen)' % label)
     r.check(set(states(p[0].path)) <= {g.NOT_PRESENT, g.FULLY_PRESENT},
             '%s: the base has only NOT_PRESENT and FULLY_PRESENT blocks'
             % label, states(p[0].path))
     img = g.read_disk([p[0].path])
-    same(img.read(0, img.size), want, '%s: vhdxgen reads the merged base'
-         % label)
+    r.same(img.read(0, img.size), want, '%s: vhdxgen reads the merged base'
+           % label)
     if sector == 512:               # QEMU: 512-byte logical sectors only
-        same(qemu_read(p[0].path, tmp), want,
-             '%s: qemu-img reads the merged dynamic base' % label)
+        r.same(qemu_read(p[0].path, tmp), want,
+               '%s: qemu-img reads the merged dynamic base' % label)
 
 
 def merge_for_libvhdi(tmp):
@@ -186,12 +171,12 @@ def merge_for_libvhdi(tmp):
               layers=2)
     cli.ok('merge', p[2].path)
     with harness.vhdimount(p[1].path, os.path.join(tmp, 'mnt')) as files:
-        same(open(files[-1], 'rb').read(), p[2].expected(),
-             'vhdimount reads the merged differencing parent')
+        r.same(open(files[-1], 'rb').read(), p[2].expected(),
+               'vhdimount reads the merged differencing parent')
     cli.ok('merge', '--into=' + p[0].path, p[1].path)
     with harness.vhdimount(p[0].path, os.path.join(tmp, 'mnt')) as files:
-        same(open(files[-1], 'rb').read(), p[2].expected(),
-             'vhdimount reads the merged dynamic base')
+        r.same(open(files[-1], 'rb').read(), p[2].expected(),
+               'vhdimount reads the merged dynamic base')
 
 
 def fixed_base(tmp):
@@ -213,13 +198,13 @@ def fixed_base(tmp):
     r.equal(states(p[0].path), [g.FULLY_PRESENT], 'fixed base: still all '
             'FULLY_PRESENT')
     r.equal(os.path.getsize(p[0].path), length, 'fixed base: no block added')
-    check_ok(p[0].path, 'fixed base merged')
+    cli.check_passes(r, p[0].path, 'fixed base merged')
     r.equal(g.structure_problems(p[0].path), [], 'fixed base: sound')
-    same(qemu_read(p[0].path, tmp), p[1].expected(),
-         'fixed base: qemu-img reads it merged')
+    r.same(qemu_read(p[0].path, tmp), p[1].expected(),
+           'fixed base: qemu-img reads it merged')
     with harness.vhdimount(p[0].path, os.path.join(tmp, 'mnt')) as files:
-        same(open(files[-1], 'rb').read(), p[1].expected(),
-             'fixed base: vhdimount reads it merged')
+        r.same(open(files[-1], 'rb').read(), p[1].expected(),
+               'fixed base: vhdimount reads it merged')
 
 
 def created_child(tmp):
@@ -239,19 +224,21 @@ def created_child(tmp):
     want[3 * MiB + 4096:3 * MiB + 4096 + 8192] = b'\x5a' * 8192
     want[20 * MiB:20 * MiB + 4096] = b'\xa5' * 4096
     want = bytes(want)
-    same(read(kid, tmp), want, 'created child: written through the plugin')
+    r.same(cli.read_export(kid, tmp), want,
+           'created child: written through the plugin')
     cli.ok('merge', kid)
     r.equal(linked_by(kid, p[1].path), ['parent_linkage2'],
             'created child: the merge added parent_linkage2')
     r.equal(g.structure_problems(kid), [],
             'created child: sound after the locator moved')
-    same(read(p[1].path, tmp), want, 'created child: merged')
-    same(read(kid, tmp), want, 'created child: still reads so')
+    r.same(cli.read_export(p[1].path, tmp), want, 'created child: merged')
+    r.same(cli.read_export(kid, tmp), want, 'created child: still reads so')
     cli.ok('merge', kid)
     r.equal(linked_by(kid, p[1].path), ['parent_linkage'],
             'created child: merged again, parent_linkage names the parent')
-    same(read(kid, tmp), want, 'created child: merged twice, still reads')
-    check_ok(kid, 'created child merged twice')
+    r.same(cli.read_export(kid, tmp), want,
+           'created child: merged twice, still reads')
+    cli.check_passes(r, kid, 'created child merged twice')
 
 
 def real_samples(tmp):
@@ -284,7 +271,7 @@ def real_samples(tmp):
                 f.write(data)
         cli.ok('merge', '--delete', kid)
         what = name[:-3]
-        check_ok(base, '%s merged' % what)
+        cli.check_passes(r, base, '%s merged' % what)
         r.equal(g.structure_problems(base), [], '%s merged: sound (vhdxgen)'
                 % what)
         r.equal(header(base)['log_guid'], g.ZERO_GUID,
@@ -311,7 +298,8 @@ def refusals(tmp):
               'other.avhdx', 'VHDX: another child of a layer between')
     r.equal(harness.changed_files(before), [], 'refused merges wrote nothing')
     cli.ok('merge', '--force', '-q', p[2].path)
-    same(read(p[1].path, tmp), p[2].expected(), '--force merges anyway')
+    r.same(cli.read_export(p[1].path, tmp), p[2].expected(),
+           '--force merges anyway')
     cli.fails(r, ['info', sibling], 2, 'identity',
               'the other child is orphaned by the new DataWriteGuid')
 
@@ -340,21 +328,21 @@ def crash_case(tmp, src, into, want_old, want_new, child, label):
         r.check(rc2 == 0 and ' 0 errors' in out2,
                 '%s: step %d: the parent passes check' % (label, n),
                 out2 + err2)
-        got = read(parent, tmp)
+        got = cli.read_export(parent, tmp)
         sec = 512
         bad = [s for s in range(0, len(got), sec)
                if got[s:s + sec] not in (want_old[s:s + sec],
                                          want_new[s:s + sec])]
         r.check(not bad, '%s: step %d: each sector old or new' % (label, n),
                 bad[:5])
-        same(read(os.path.join(work, child), tmp), want_new,
-             '%s: step %d: the child still reads as before' % (label, n))
+        r.same(cli.read_export(os.path.join(work, child), tmp), want_new,
+               '%s: step %d: the child still reads as before' % (label, n))
         del env['VHDCHAIN_TEST_CRASH_AFTER']
         cli.ok(*args, env=env)
-        same(read(parent, tmp), want_new,
-             '%s: step %d: merging again completes it' % (label, n))
-        check_ok(os.path.join(work, child),
-                 '%s: step %d: merged again' % (label, n))
+        r.same(cli.read_export(parent, tmp), want_new,
+               '%s: step %d: merging again completes it' % (label, n))
+        cli.check_passes(r, os.path.join(work, child),
+                         '%s: step %d: merged again' % (label, n))
 
 
 def crashes(tmp):
@@ -397,19 +385,20 @@ def convert_case(tmp, sector):
                 '%s: block states' % what, states(out))
         r.equal(header(out)['log_guid'], g.ZERO_GUID, '%s: no log' % what)
         img = g.read_disk([out])
-        same(img.read(0, img.size), want, '%s: vhdxgen reads the expected '
-             'image' % what)
+        r.same(img.read(0, img.size), want, '%s: vhdxgen reads the expected '
+               'image' % what)
         if sector == 512:           # QEMU: 512-byte logical sectors only
-            same(qemu_read(out, tmp), want, '%s: qemu-img reads the '
-                 'expected image' % what)
-        same(read(out, tmp), want, '%s: the plugin reads it' % what)
-        check_ok(out, what)
+            r.same(qemu_read(out, tmp), want, '%s: qemu-img reads the '
+                   'expected image' % what)
+        r.same(cli.read_export(out, tmp), want,
+               '%s: the plugin reads it' % what)
+        cli.check_passes(r, out, what)
         r.check(os.stat(out).st_blocks * 512 <= 5 * MiB + len(want),
                 '%s: sparse' % what, os.stat(out).st_blocks * 512)
         if sector == 512:
             with harness.vhdimount(out, os.path.join(tmp, 'mnt')) as files:
-                same(open(files[-1], 'rb').read(), want,
-                     '%s: vhdimount reads it' % what)
+                r.same(open(files[-1], 'rb').read(), want,
+                       '%s: vhdimount reads it' % what)
     r.equal(harness.changed_files(before), [], '%s: the chain is unchanged'
             % label)
     cli.fails(r, ['convert', '--block-size', '4M', tip,

@@ -19,6 +19,13 @@ VHDCHAIN = os.path.join(harness.TOP_BUILDDIR, 'contrib', 'vhdchain')
 os.environ['PATH'] = harness.system_path()
 
 
+def check_passes(r, path, what):
+    """`vhdchain check PATH` exits 0 and finds no error (a check of r)."""
+    rc, out, err = run('check', path)
+    return r.check(rc == 0 and ' 0 errors' in out,
+                   '%s: check passes' % what, out + err)
+
+
 def require_tool():
     if not os.access(VHDCHAIN, os.X_OK):
         raise harness.TestFailure('vhdchain not built: %s' % VHDCHAIN)
