@@ -157,6 +157,19 @@ def vhdimount(image, mountpoint):
 
 # ---------------------------------------------------------------- nbdkit
 
+def terminate(proc, timeout):
+    """SIGTERM proc, give it timeout seconds, else SIGKILL; return its exit
+    status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class StartError(Exception):
     def __init__(self, returncode, stderr):
         super().__init__('nbdkit did not start (exit %r):\n%s' %
@@ -240,15 +253,8 @@ class Nbdkit:
         """SIGTERM, wait, return the exit status (0 is a clean exit)."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        rc, self.proc = terminate(self.proc, 20), None
         self._read_stderr()
-        rc, self.proc = self.proc.returncode, None
         return rc
 
     def kill(self):

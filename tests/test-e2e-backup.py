@@ -33,7 +33,6 @@ frozen snap2 from another, read-only, server:
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -112,13 +111,7 @@ class Writer:
 
     def stop(self):
         """SIGTERM; returns the log {writes, chunks} (None if it failed)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        harness.terminate(self.proc, 30)
         r.equal(self.proc.returncode, 0, 'the writer exited cleanly',)
         if self.proc.returncode != 0 or not os.path.exists(self.log):
             print(self.err())

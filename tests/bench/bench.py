@@ -76,7 +76,6 @@ import os
 import platform
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -267,15 +266,7 @@ class Server:
     def stop(self):
         rc = None
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-            rc = self.proc.returncode
-            self.proc = None
+            rc, self.proc = harness.terminate(self.proc, 60), None
             try:
                 with open(self.errpath, 'rb') as f:
                     self.log = f.read().decode(errors='replace')
