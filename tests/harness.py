@@ -38,8 +38,8 @@ SANITIZED = os.environ.get('VHDCHAIN_SANITIZED', '')
 def system_path(*dirs):
     """PATH with dirs (default /usr/bin) ahead of the caller's, behind
     TEST_BIN."""
-    return ':'.join([d for d in (TEST_BIN,) if d] +
-                    list(dirs or ('/usr/bin',)) +
+    first = [TEST_BIN] if TEST_BIN else []
+    return ':'.join(first + list(dirs or ('/usr/bin',)) +
                     [os.environ.get('PATH', '')])
 
 
